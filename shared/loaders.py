@@ -1,0 +1,43 @@
+"""Loader functions for the model cache, one per kind. Each takes (spec, device, dtype) and returns the object.
+
+They load with safetensors where the weights offer it (transformers prefers them), straight onto the
+device (`device_map`) so the CPU never holds a second copy, and never with `trust_remote_code`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.cache import LoadSpec, Loader
+from shared.device import torch_dtype
+
+
+def load_tokenizer(spec: LoadSpec, device: str, dtype: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(spec.source, trust_remote_code=False, **dict(spec.options))
+
+
+def load_pretrained(auto_class_name: str) -> Loader:
+    """A loader for a transformers Auto class: weights in `dtype`, placed on `device`, in eval mode."""
+
+    def load(spec: LoadSpec, device: str, dtype: str) -> Any:
+        import transformers
+
+        auto_class = getattr(transformers, auto_class_name)
+        model = auto_class.from_pretrained(
+            spec.source, dtype=torch_dtype(dtype), device_map=device, low_cpu_mem_usage=True,
+            trust_remote_code=False, **dict(spec.options),
+        )
+        return model.eval()
+
+    load.__name__ = f"load_{auto_class_name}"
+    return load
+
+
+STANDARD_LOADERS: dict[str, Loader] = {
+    "tokenizer": load_tokenizer,
+    "causal-lm": load_pretrained("AutoModelForCausalLM"),
+    "encoder": load_pretrained("AutoModel"),
+    "sequence-classifier": load_pretrained("AutoModelForSequenceClassification"),
+}

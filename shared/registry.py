@@ -1,0 +1,136 @@
+"""The model registry: which model fills each *role* a page needs, online and offline.
+
+A role (chat LM, encoder, CLIP, diffusion) has a hub default, other hub choices, and where possible an
+offline fallback built from a pip or Debian package (see shared/assets.py). `resolve()` turns a role and
+an optional visitor choice into a `ModelSource`: a hub id when the hub is reachable, else a folder on the
+local allow-list. Visitor text is never used as a path.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from shared import assets
+from shared.hub import LOCAL_PREFIX, check_hub_id, hub_reachable
+from shared.settings import read_settings
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    title: str
+    kind: str  # the loader kind (shared/loaders.py) of the role's main model
+    hub_default: str
+    hub_choices: tuple[str, ...]
+    offline_asset: str | None  # None: no weights ship in any package; the role needs the hub
+
+
+ROLES: dict[str, Role] = {
+    role.name: role
+    for role in (
+        Role("chat-lm", "Chat / causal language model", "causal-lm", "HuggingFaceTB/SmolLM2-135M-Instruct",
+             ("HuggingFaceTB/SmolLM2-360M-Instruct", "Qwen/Qwen2.5-0.5B-Instruct", "gpt2", "distilgpt2"),
+             "smollm2-135m-instruct"),
+        Role("encoder", "BERT-family encoder", "encoder", "sentence-transformers/all-MiniLM-L6-v2",
+             ("distilbert-base-uncased", "bert-base-uncased", "google/bert_uncased_L-4_H-256_A-4"),
+             "all-minilm-l6-v2"),
+        Role("clip", "CLIP image-text model", "clip", "openai/clip-vit-base-patch32",
+             ("openai/clip-vit-large-patch14", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"), None),
+        Role("diffusion", "Stable Diffusion pipeline", "diffusion", "stabilityai/sd-turbo",
+             ("stable-diffusion-v1-5/stable-diffusion-v1-5", "segmind/tiny-sd"), None),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    label: str  # what the UI shows: a hub id or "local:<name>"
+    location: str  # what from_pretrained receives: the hub id, or an absolute folder
+    origin: Literal["hub", "offline", "local"]
+
+
+_local_models: dict[str, tuple[Path, str]] = {}  # name -> (folder, role): models the app saved (a fine-tuned classifier)
+_local_lock = threading.Lock()
+
+
+def register_local(name: str, folder: Path, role: str) -> str:
+    """Put a folder the app itself wrote on the allow-list under `local:<name>` for `role`; returns that label.
+
+    Only code registers folders (a page saving a model it trained, a test its tiny model): never a visitor's path.
+    """
+    get_role(role)
+    if not name or not all(ch.isalnum() or ch in "-_." for ch in name):
+        raise ValueError(f"local model names use letters, digits, '-', '_' and '.', got {name!r}")
+    if name in assets.ASSETS:
+        raise ValueError(f"{name!r} is the name of an offline asset; choose another")
+    folder = Path(folder).resolve()
+    if not (folder / "config.json").exists() and not (folder / "model_index.json").exists():
+        raise ValueError(f"{folder} is not a saved model folder (no config.json or model_index.json)")
+    with _local_lock:
+        _local_models[name] = (folder, role)
+    return LOCAL_PREFIX + name
+
+
+def local_names(role: str | None = None) -> list[str]:
+    """The `local:` labels a visitor may choose (for one role, or all): offline assets and registered folders."""
+    offline = [LOCAL_PREFIX + r.offline_asset for r in ROLES.values() if r.offline_asset and role in (None, r.name)]
+    with _local_lock:
+        saved = [LOCAL_PREFIX + n for n, (_, r) in sorted(_local_models.items()) if role in (None, r)]
+    return offline + saved
+
+
+def get_role(name: str) -> Role:
+    if name not in ROLES:
+        raise ValueError(f"role must be one of {tuple(ROLES)}, got {name!r}")
+    return ROLES[name]
+
+
+def resolve_local(label: str) -> ModelSource:
+    name = label[len(LOCAL_PREFIX):]
+    if name in assets.ASSETS:
+        try:
+            folder = assets.ensure(name)
+        except assets.AssetUnavailable as error:
+            raise ValueError(str(error)) from None
+        return ModelSource(label, str(folder), "offline")
+    with _local_lock:
+        folder, _ = _local_models.get(name, (None, None))
+    if folder is None:
+        raise ValueError(f"{label!r} is not on the local allow-list; known: {', '.join(local_names()) or 'none'}")
+    return ModelSource(label, str(folder), "local")
+
+
+def resolve(role_name: str, choice: str | None = None) -> ModelSource:
+    """The model to load for a role: the visitor's `choice` (hub id or local: label) or the role's default.
+
+    Raises ValueError with a message for the visitor when the choice is refused or cannot be had offline.
+    """
+    role = get_role(role_name)
+    choice = (choice or "").strip()
+    if choice.startswith(LOCAL_PREFIX):
+        return resolve_local(choice)
+    if choice:
+        model_id = check_hub_id(choice)
+        if not hub_reachable():
+            raise ValueError(
+                f"{model_id!r} is on the Hugging Face Hub, which is {'disabled' if read_settings().offline else 'not reachable'} "
+                f"here. Offline choices: {', '.join(local_names(role.name)) or 'none'}."
+            )
+        return ModelSource(model_id, model_id, "hub")
+    if hub_reachable():
+        return ModelSource(role.hub_default, role.hub_default, "hub")
+    if role.offline_asset is None:
+        raise ValueError(
+            f"The {role.title} role needs the Hugging Face Hub ({role.hub_default}), and no offline weights ship for it."
+        )
+    return resolve_local(LOCAL_PREFIX + role.offline_asset)
+
+
+def choices(role_name: str) -> list[str]:
+    """What a page's model dropdown offers: hub choices when online, local labels always."""
+    role = get_role(role_name)
+    hub = [role.hub_default, *role.hub_choices] if hub_reachable() else []
+    return hub + local_names(role.name)

@@ -1,0 +1,5 @@
+"""Serve the home page alone: python -m spaces.home [--port N] [--offline]."""
+
+from app import serve_page
+
+serve_page("home")

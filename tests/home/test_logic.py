@@ -1,0 +1,27 @@
+"""The home page's logic, without a server."""
+
+from shared.cache import get_cache
+from spaces.home import logic
+
+
+def test_environment_names_device_hub_and_budget():
+    rows = dict(logic.environment_rows())
+    assert rows["device"] == "cpu" and rows["default dtype"] == "float32"
+    assert rows["hugging face hub"].startswith("offline")
+    assert "GiB" in rows["model cache budget"]
+
+
+def test_roles_say_where_each_model_comes_from():
+    rows = {r[0]: r for r in logic.role_rows()}
+    assert rows["chat-lm"][2] == "local:smollm2-135m-instruct" and rows["chat-lm"][3].startswith("offline package")
+    assert rows["clip"][3] == "unavailable offline: needs the hub"
+
+
+def test_load_list_and_evict_through_the_cache():
+    message = logic.load_model("encoder", "")
+    assert message.startswith("local:all-minilm-l6-v2 (offline) is loaded for the encoder role")
+    kinds = {(row[0], row[1]) for row in logic.loaded_rows()}
+    assert {("local:all-minilm-l6-v2", "encoder"), ("local:all-minilm-l6-v2", "tokenizer")} <= kinds
+    assert logic.evict("local:all-minilm-l6-v2") == "Evicted: local:all-minilm-l6-v2"
+    assert logic.evict("local:all-minilm-l6-v2") == "'local:all-minilm-l6-v2' is not loaded."
+    assert not any(row["model"] == "local:all-minilm-l6-v2" for row in get_cache().entries())
