@@ -62,8 +62,8 @@ def build_app(pages: list[str]):
     for info, page in topic_pages:
         with demo.route(info.name, info.path):
             page.render()
-    # One queue for the whole app; heavy events share the "heavy" group (shared/ui.py).
-    demo.queue(default_concurrency_limit=1)
+    # One queue for the whole app (gradio's, default concurrency 1 per event); heavy events share the
+    # "heavy" group of one (shared/ui.py). Calling demo.queue() here would rebuild the server app for nothing.
     return demo
 
 
@@ -83,6 +83,7 @@ def launch(demo, args: argparse.Namespace, **kwargs):
 
 
 def configure(args: argparse.Namespace) -> None:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no usage pings from a learner's machine
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.offline:
         from shared.settings import go_offline
@@ -101,9 +102,7 @@ def serve_page(name: str, argv: list[str] | None = None):
     args = parse_args(["--pages", ""] + list(sys.argv[1:] if argv is None else argv))
     configure(args)
     module = importlib.import_module(f"spaces.{name}.ui")
-    page = module.build()
-    page.queue(default_concurrency_limit=1)
-    return launch(page, args)
+    return launch(module.build(), args)
 
 
 if __name__ == "__main__":
