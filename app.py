@@ -18,6 +18,11 @@ import logging
 import os
 import sys
 
+# First, before gradio or torch: our page package, which is also Hugging Face's ZeroGPU helper when that
+# is installed (see spaces/__init__.py). ZeroGPU must be imported before CUDA is initialised, and gradio
+# must find the helper complete when it imports `spaces` itself.
+import spaces  # noqa: F401
+
 # Topic pages in navigation order. A page is served once its package (spaces/<name>/ui.py) exists; pages
 # whose topic is not built yet are simply absent, never shown as placeholders.
 TOPIC_PAGES = ("prompting", "finetune", "retrieval", "diffusion", "quantization")

@@ -72,10 +72,11 @@ def test_a_model_that_fails_to_load_leaves_the_app_up(client, tmp_path):
     assert table(environment) and not any(row[0] == label for row in table(loaded))
 
 
-def test_app_py_starts_offline_without_importing_torch():
-    """The command behind `make run`: serves its first page with no model (and not even torch) loaded."""
+@pytest.mark.parametrize("command", [["app.py"], ["-m", "spaces.home"]], ids=["app", "home-alone"])
+def test_the_app_and_a_page_alone_start_offline(command):
+    """`python app.py` (behind `make run`) and `python -m spaces.<page>` serve their first page."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "app.py", "--offline", "--port", str(port)], cwd=REPO_ROOT,
+    process = subprocess.Popen([sys.executable, *command, "--offline", "--port", str(port)], cwd=REPO_ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 120

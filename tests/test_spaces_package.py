@@ -17,7 +17,7 @@ from shared.settings import read_settings
 from tests.conftest import REPO_ROOT
 
 PROBE = """
-import sys, app, spaces, gradio.block_function as bf
+import sys, app, gradio.block_function as bf, spaces
 demo = app.build_app(list(app.TOPIC_PAGES))
 import spaces.home.logic
 print(spaces.HUGGINGFACE_SPACES, bf.spaces is spaces, spaces.GPU.__module__, len(demo.fns) > 0)

@@ -32,20 +32,26 @@ def spec(name: str) -> LoadSpec:
     return LoadSpec("fake", name, device="cpu")
 
 
-def test_concurrent_requests_load_once():
-    calls: list[str] = []
-    cache = fake_cache(1000, {"a": 10}, calls, delay=0.3)
-    results, barrier = [], threading.Barrier(8)
+def run_at_once(request, count: int) -> None:
+    """Call `request` from `count` threads released together by a barrier."""
+    barrier = threading.Barrier(count)
 
-    def request():
+    def released():
         barrier.wait()
-        results.append(cache.get(spec("a")))
+        request()
 
-    threads = [threading.Thread(target=request) for _ in range(8)]
+    threads = [threading.Thread(target=released) for _ in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+
+
+def test_concurrent_requests_load_once():
+    calls: list[str] = []
+    cache = fake_cache(1000, {"a": 10}, calls, delay=0.3)
+    results = []
+    run_at_once(lambda: results.append(cache.get(spec("a"))), 8)
     assert calls == ["a"]
     assert len(results) == 8 and all(r is results[0] for r in results)
 
@@ -53,20 +59,15 @@ def test_concurrent_requests_load_once():
 def test_failed_load_reaches_every_waiter_and_is_retried():
     calls: list[str] = []
     cache = fake_cache(1000, {}, calls, delay=0.2)
-    errors, barrier = [], threading.Barrier(4)
+    errors = []
 
     def request():
-        barrier.wait()
         try:
             cache.get(spec("broken"))
         except ModelLoadError as error:
             errors.append(str(error))
 
-    threads = [threading.Thread(target=request) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_at_once(request, 4)
     assert calls == ["broken"]
     assert len(errors) == 4
     assert errors[0] == "Could not load broken (fake): OSError: no such model"
