@@ -90,6 +90,7 @@ def launch(demo, args: argparse.Namespace, **kwargs):
 def configure(args: argparse.Namespace) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no usage pings from a learner's machine
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own startup requests, not ours
     if args.offline:
         from shared.settings import go_offline
 
