@@ -1,0 +1,1 @@
+"""The prompting page: prompt building, decoding settings, the next-token explorer, in-context learning measured."""

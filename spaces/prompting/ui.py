@@ -1,0 +1,358 @@
+"""The prompting page's UI: `build()` returns its Blocks. Alone: `python -m spaces.prompting`.
+
+Four parts on one prompt: the prompt builder, generation (streamed, timed, stoppable), the next-token
+explorer (temperature, top-k and top-p side by side, one step at a time), and in-context learning measured
+on labeled movie sentences.
+"""
+
+from __future__ import annotations
+
+import random
+
+import gradio as gr
+import pandas as pd
+
+from shared.assets import SENTIMENT_CITATION
+from shared.registry import choices
+from shared.ui import HEAVY, LIGHT, PageInfo, visitor_errors
+from spaces.prompting import logic
+
+PAGE = PageInfo(
+    name="Prompting",
+    path="prompting",
+    teaches="What examples in a prompt do, and how greedy decoding, temperature, top-k and top-p pick the next token.",
+    needs="Offline: SmolLM2-135M-Instruct on the CPU. Any causal LM from the hub when online.",
+)
+
+INTRO = """# Transformer Playground · Prompting and decoding
+Build a prompt from an instruction and labeled examples, then watch a real language model answer it.
+**Examples** (shots) show the model what you want; **decoding settings** decide how it picks each next token.
+Greedy always takes the most likely token; sampling draws one after *temperature* reshapes the distribution
+and *top-k* / *top-p* cut its tail. The explorer shows each step, and the last section measures what examples
+are worth on labeled data.
+"""
+DEFAULT_PRESET = "sentiment"
+DEFAULT_URL = "http://127.0.0.1:7860/"
+
+
+def rows_of(table) -> list[list]:
+    """The examples table as rows, whether it arrives as a DataFrame, a list of rows or {"data": rows}."""
+    if table is None:
+        return []
+    if isinstance(table, pd.DataFrame):
+        return table.values.tolist()
+    if isinstance(table, dict):
+        return list(table.get("data") or [])
+    return [list(row) for row in table]
+
+
+def session_key(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "no-session"
+
+
+def page_url(request: gr.Request | None) -> str:
+    host = request.headers.get("host") if request is not None and request.headers else None
+    return f"http://{host}/" if host else DEFAULT_URL
+
+
+def settings_from(mode, temperature, top_k, top_p, max_new_tokens, repetition_penalty, seed) -> logic.SamplingSettings:
+    return logic.SamplingSettings(mode, temperature, top_k, top_p, max_new_tokens, repetition_penalty, seed).checked()
+
+
+def build_for(chat: logic.ChatModel, instruction, examples, shots, query, max_new_tokens) -> logic.BuiltPrompt:
+    """The prompt for this model, warning the visitor about anything the builder had to change."""
+    prompt = logic.build_prompt(chat.tokenizer, instruction, rows_of(examples), shots, query, chat.context_length,
+                                max_new_tokens=int(max_new_tokens))
+    if prompt.dropped:
+        gr.Warning(f"The prompt was longer than the context: the {prompt.dropped} oldest example(s) were dropped.")
+    if not prompt.chat:
+        gr.Warning(f"{chat.source.label} has no chat template, so it gets a plain-text prompt "
+                   "('Input: ... Output: ...' blocks) instead.")
+    return prompt
+
+
+# ---- prompt builder --------------------------------------------------------------------------------------
+
+
+def apply_preset(name: str):
+    if name not in logic.PRESETS:
+        raise gr.Error(f"Unknown preset {name!r}; choose one of {', '.join(logic.PRESETS)}.")
+    preset = logic.PRESETS[name]
+    examples = preset["examples"]
+    return (preset["instruction"], examples, preset["query"],
+            gr.Slider(maximum=len(examples), value=min(2, len(examples))))
+
+
+@visitor_errors
+def resize_shots(examples, shots):
+    size = len(logic.clean_examples(rows_of(examples)))
+    return gr.Slider(maximum=max(size, 1), value=min(int(shots or 0), size))
+
+
+@visitor_errors
+def show_prompt(model, instruction, examples, shots, query, max_new_tokens):
+    chat = logic.load_chat_model(model)
+    prompt = build_for(chat, instruction, examples, shots, query, max_new_tokens)
+    return prompt.text, prompt.summary
+
+
+# ---- generation -------------------------------------------------------------------------------------------
+
+
+@visitor_errors
+def generate(model, instruction, examples, shots, query, mode, temperature, top_k, top_p, max_new_tokens,
+             repetition_penalty, seed, request: gr.Request = None):
+    settings = settings_from(mode, temperature, top_k, top_p, max_new_tokens, repetition_penalty, seed)
+    chat = logic.load_chat_model(model)
+    prompt = build_for(chat, instruction, examples, shots, query, settings.max_new_tokens)
+    used = logic.clean_examples(rows_of(examples))[int(shots) - prompt.shots:int(shots)] if prompt.shots else []
+    recipe = logic.python_recipe(chat.source.label, prompt, settings)
+    call = logic.client_recipe(page_url(request), chat.source.label, instruction, used, prompt.shots, query, settings)
+    stop = logic.stop_signal(session_key(request))
+    try:
+        text, stats = "", logic.GenerationStats(prompt_tokens=len(prompt.ids))
+        yield prompt.text, prompt.summary, text, stats.describe(), settings.seed, recipe, call
+        for text, stats in logic.stream_generation(chat, prompt.ids, settings, stop):
+            yield prompt.text, prompt.summary, text, stats.describe(), settings.seed, recipe, call
+    finally:
+        logic.release_stop(session_key(request), stop)
+
+
+def stop_run(request: gr.Request = None):
+    logic.request_stop(session_key(request))
+
+
+def new_seed() -> int:
+    return random.randint(0, logic.SEED_LIMIT)
+
+
+# ---- next-token explorer -------------------------------------------------------------------------------
+
+
+def stage_frames(exploration: logic.Exploration) -> list[pd.DataFrame]:
+    # Plain frames: returning gr.BarPlot(...) as an update leaves the chart empty in Gradio 6.
+    table = pd.DataFrame(exploration.long_table())
+    return [table[table["stage"] == stage][["token", "probability"]].reset_index(drop=True) for stage in logic.STAGES]
+
+
+def survivors_line(exploration: logic.Exploration) -> str:
+    counts = " → ".join(f"{stage}: **{exploration.survivors[stage]:,}**" for stage in logic.STAGES)
+    return f"Tokens that can still be drawn after each stage: {counts}"
+
+
+def walk_ids(text: str | None) -> list[int]:
+    """The stepped token ids, kept in a hidden textbox as '12,345' (a gr.State would hold a heartbeat open)."""
+    try:
+        return [int(part) for part in (text or "").split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"The walk must be token ids separated by commas, got {text!r}.") from None
+
+
+def walk_text(chat: logic.ChatModel, walk: list[int]) -> str:
+    return chat.tokenizer.decode(walk) if walk else ""
+
+
+def explorer_outputs(chat, prompt, walk, temperature, top_k, top_p):
+    logits = logic.next_token_logits(chat, prompt.ids + list(walk))
+    exploration = logic.explore(chat.tokenizer, logits, float(temperature), int(top_k), float(top_p))
+    return [survivors_line(exploration), *stage_frames(exploration), exploration.rows, walk_text(chat, walk)]
+
+
+@visitor_errors
+def explore(model, instruction, examples, shots, query, temperature, top_k, top_p, walk=""):
+    settings = settings_from("sampling", temperature, top_k, top_p, 1, 1.0, 0)
+    chat = logic.load_chat_model(model)
+    walk = walk_ids(walk)
+    prompt = build_for(chat, instruction, examples, shots, query, 1 + len(walk))
+    return [",".join(map(str, walk)), *explorer_outputs(chat, prompt, walk, settings.temperature, settings.top_k,
+                                                         settings.top_p)]
+
+
+def clear_walk():
+    """A changed prompt starts a new walk: stepped tokens belonged to the old one."""
+    return "", ""
+
+
+def reset_walk(model, instruction, examples, shots, query, temperature, top_k, top_p):
+    return explore(model, instruction, examples, shots, query, temperature, top_k, top_p, "")
+
+
+@visitor_errors
+def step(model, instruction, examples, shots, query, mode, temperature, top_k, top_p, seed, walk):
+    settings = settings_from(mode, temperature, top_k, top_p, 1, 1.0, seed)
+    chat = logic.load_chat_model(model)
+    walk = walk_ids(walk)
+    prompt = build_for(chat, instruction, examples, shots, query, 2 + len(walk))
+    token = logic.choose_next_token(logic.next_token_logits(chat, prompt.ids + walk), settings, len(walk))
+    walk.append(token)
+    return [",".join(map(str, walk)),
+            *explorer_outputs(chat, prompt, walk, settings.temperature, settings.top_k, settings.top_p)]
+
+
+# ---- in-context learning -------------------------------------------------------------------------------
+
+
+def icl_plot_frame(results: list[logic.IclResult]) -> pd.DataFrame:
+    rows = []
+    for result in results:
+        low, high = result.interval
+        rows += [{"shots": result.shots, "accuracy": result.accuracy, "series": "accuracy"},
+                 {"shots": result.shots, "accuracy": low, "series": "95% CI low"},
+                 {"shots": result.shots, "accuracy": high, "series": "95% CI high"}]
+    return pd.DataFrame(rows, columns=["shots", "accuracy", "series"])
+
+
+def icl_tables(results: list[logic.IclResult]) -> tuple[list[list], list[list]]:
+    summary, confusion = [], []
+    for r in results:
+        low, high = r.interval
+        summary.append([r.shots, r.n, r.correct, round(r.accuracy, 3), round(low, 3), round(high, 3)])
+        for truth, word in enumerate(logic.ICL_LABEL_WORDS):
+            confusion.append([r.shots, word, r.confusion[truth][1], r.confusion[truth][0]])
+    return summary, confusion
+
+
+@visitor_errors
+def measure_icl(model, n, shot_text, seed, request: gr.Request = None, progress=gr.Progress()):
+    from shared.assets import read_sentiment
+
+    shot_counts = logic.parse_shot_list(shot_text)
+    if n is None or int(n) != n or seed is None or int(seed) != seed or not 0 <= seed <= logic.SEED_LIMIT:
+        raise ValueError(f"N and the seed must be whole numbers (seed 0 to {logic.SEED_LIMIT}), "
+                         f"got N={n}, seed={seed}.")
+    stop = logic.stop_signal(session_key(request))
+    progress(0, desc="loading the model")
+    chat = logic.load_chat_model(model)
+    rows = read_sentiment("movies")
+
+    def report(fraction: float, desc: str) -> None:
+        progress(fraction, desc=desc)
+
+    try:
+        results, stopped = logic.evaluate_icl(chat, rows, int(n), shot_counts, int(seed), report, stop)
+    finally:
+        logic.release_stop(session_key(request), stop)
+    summary, confusion = icl_tables(results)
+    done = [f"{r.shots}-shot {r.accuracy:.0%} [{r.interval[0]:.0%}, {r.interval[1]:.0%}]" for r in results if r.n]
+    status = ("Stopped early; partial results. " if stopped else "") + (
+        f"{chat.source.label}, N={int(n)} balanced sentences, seed {int(seed)}: " + "; ".join(done)
+        + ". Chance is 50%.")
+    recipe = logic.icl_client_recipe(page_url(request), chat.source.label, int(n), shot_counts, int(seed))
+    return icl_plot_frame(results), summary, confusion, status, recipe
+
+
+# ---- the page ------------------------------------------------------------------------------------------
+
+
+def build() -> gr.Blocks:
+    preset = logic.PRESETS[DEFAULT_PRESET]
+    models = choices("chat-lm")
+    with gr.Blocks(title="Transformer Playground: prompting") as page:
+        gr.Markdown(INTRO)
+        model = gr.Dropdown(models, value=models[0] if models else None, allow_custom_value=True, label="Model",
+                            info="The chat-lm role's models; type a hub id when online. Paths are refused.")
+        # 1. Prompt builder
+        gr.Markdown("## 1. Build the prompt")
+        with gr.Row(equal_height=True):
+            preset_name = gr.Dropdown(list(logic.PRESETS), value=DEFAULT_PRESET, label="Preset", scale=1)
+            instruction = gr.Textbox(preset["instruction"], label="Task instruction", scale=4)
+        examples = gr.Dataframe(preset["examples"], headers=logic.EXAMPLE_COLUMNS, type="array", interactive=True,
+                                label="Labeled examples (edit, add or delete rows)", column_count=2, wrap=True)
+        with gr.Row(equal_height=True):
+            shots = gr.Slider(0, len(preset["examples"]), value=2, step=1, label="Shots",
+                              info="How many examples go into the prompt, oldest first.")
+            query = gr.Textbox(preset["query"], label="Query", scale=3)
+        show = gr.Button("Show the exact prompt")
+        prompt_info = gr.Markdown()
+        prompt_text = gr.Textbox(label="Exact prompt sent (with the chat template)", lines=8, max_lines=20,
+                                 interactive=False, buttons=["copy"])
+
+        # 2. Generation
+        gr.Markdown("## 2. Generate")
+        with gr.Row():
+            mode = gr.Radio(list(logic.MODES), value="greedy", label="Decoding",
+                            info="Greedy ignores temperature, top-k and top-p.")
+            temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature")
+            top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k", info="0: no cut")
+            top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p", info="1: no cut")
+        with gr.Row():
+            max_new_tokens = gr.Slider(1, logic.MAX_NEW_TOKENS_LIMIT, value=64, step=1, label="Max new tokens")
+            repetition_penalty = gr.Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty")
+            seed = gr.Number(0, precision=0, minimum=0, maximum=logic.SEED_LIMIT, label="Seed",
+                             info="Same seed + settings = same text.")
+            reseed = gr.Button("New seed", scale=0, min_width=100)
+        with gr.Row():
+            run = gr.Button("Generate", variant="primary")
+            stop = gr.Button("Stop", variant="stop")
+        output = gr.Textbox(label="Model output", lines=5, interactive=False)
+        stats = gr.Markdown()
+        seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
+        with gr.Accordion("Recipe: reproduce this run", open=False):
+            python_code = gr.Code(language="python", label="transformers", interactive=False)
+            client_code = gr.Code(language="python", label="gradio_client", interactive=False)
+
+        # 3. Next-token explorer
+        gr.Markdown("## 3. Next-token explorer\nThe most likely next tokens for the prompt above (plus any tokens "
+                    "you stepped), and what each sampling filter keeps. Cut tokens drop to 0; survivors are "
+                    "renormalised. Uses the temperature, top-k, top-p, decoding and seed set above.")
+        walk = gr.Textbox("", visible=False, label="Stepped token ids")
+        with gr.Row():
+            explore_button = gr.Button("Show the next-token distribution", variant="primary")
+            step_button = gr.Button("Step: append one token")
+            reset_button = gr.Button("Reset the walk")
+        walked = gr.Textbox(label="Tokens stepped so far", interactive=False)
+        survivors = gr.Markdown()
+        with gr.Row():
+            plots = [gr.BarPlot(x="token", y="probability", y_lim=[0, 1], sort="-y", label=stage, x_label_angle=-45,
+                                height=260, elem_id=f"prompting-dist-{i}") for i, stage in enumerate(logic.STAGES)]
+        token_table = gr.Dataframe(headers=["rank", "token", "id", *logic.STAGES], label="Top next tokens",
+                                   interactive=False)
+
+        # 4. In-context learning measured
+        gr.Markdown("## 4. In-context learning, measured\nScore the model on N movie-review sentences (half "
+                    "positive, half negative, drawn with the seed) with k examples in the prompt. The answer is "
+                    "the label word the model finds more likely (*positive* vs *negative*), not parsed text.\n\n"
+                    f"<span class='playground-note'>Data: {SENTIMENT_CITATION}</span>")
+        with gr.Row(equal_height=True):
+            icl_n = gr.Number(40, precision=0, minimum=2, maximum=logic.ICL_MAX_EXAMPLES, label="N sentences")
+            icl_shots = gr.Textbox("0, 1, 4", label="Shot counts k")
+            icl_seed = gr.Number(0, precision=0, minimum=0, label="Seed")
+        with gr.Row():
+            icl_run = gr.Button("Measure", variant="primary")
+            icl_stop = gr.Button("Stop", variant="stop")
+        icl_status = gr.Markdown()
+        icl_plot = gr.LinePlot(x="shots", y="accuracy", color="series", y_lim=[0, 1], label="Accuracy against k")
+        icl_summary = gr.Dataframe(headers=["shots", "N", "correct", "accuracy", "95% CI low", "95% CI high"],
+                                   label="Accuracy with Wilson 95% intervals", interactive=False)
+        icl_confusion = gr.Dataframe(headers=["shots", "true label", "predicted positive", "predicted negative"],
+                                     label="Confusion table", interactive=False)
+        with gr.Accordion("Recipe: reproduce this measurement", open=False):
+            icl_code = gr.Code(language="python", label="gradio_client", interactive=False)
+
+        # Events
+        builder = [model, instruction, examples, shots, query]
+        sampling = [temperature, top_k, top_p]
+        preset_name.change(apply_preset, preset_name, [instruction, examples, query, shots],
+                           api_name="prompting_preset", **LIGHT)
+        examples.input(resize_shots, [examples, shots], shots, api_name="prompting_resize_shots", **LIGHT)
+        show.click(show_prompt, [*builder, max_new_tokens], [prompt_text, prompt_info],
+                   api_name="prompting_prompt", **HEAVY)
+        generating = gr.on([run.click, query.submit], generate,
+                           [*builder, mode, *sampling, max_new_tokens, repetition_penalty, seed],
+                           [prompt_text, prompt_info, output, stats, seed_used, python_code, client_code],
+                           api_name="prompting_generate", **HEAVY)
+        reseed.click(new_seed, None, seed, api_name="prompting_new_seed", **LIGHT)
+        explorer = [walk, survivors, *plots, token_table, walked]
+        explore_button.click(explore, [*builder, *sampling, walk], explorer, api_name="prompting_explore", **HEAVY)
+        step_button.click(step, [*builder, mode, *sampling, seed, walk], explorer, api_name="prompting_step", **HEAVY)
+        gr.on([model.change, instruction.change, examples.change, shots.change, query.change], clear_walk, None,
+              [walk, walked], api_name="prompting_clear_walk", show_progress="hidden", **LIGHT)
+        reset_button.click(reset_walk, [*builder, *sampling], explorer, api_name="prompting_reset", **HEAVY)
+        measuring = icl_run.click(measure_icl, [model, icl_n, icl_shots, icl_seed],
+                                  [icl_plot, icl_summary, icl_confusion, icl_status, icl_code],
+                                  api_name="prompting_icl",
+                                  **HEAVY)
+        # Stop: set this visitor's stop event (generate ends at the next token) and cancel the event in the UI.
+        stop.click(stop_run, None, None, cancels=[generating], api_name="prompting_stop", **LIGHT)
+        icl_stop.click(stop_run, None, None, cancels=[measuring], api_name="prompting_icl_stop", **LIGHT)
+    return page

@@ -1,0 +1,220 @@
+"""The prompting page's logic without a server: the prompt builder, the sampling filters, label scoring."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from spaces.prompting import logic
+
+EXAMPLES = [["good film", "positive"], ["bad film", "negative"], ["great cast", "positive"], ["dull plot", "negative"]]
+PROBS = np.array([0.5, 0.3, 0.15, 0.05])
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from shared.cache import LoadSpec, get_cache
+    from shared.registry import resolve
+
+    source = resolve("chat-lm")
+    return get_cache().get(LoadSpec("tokenizer", source.location, label=source.label))
+
+
+@pytest.fixture(scope="module")
+def plain_tokenizer(tokenizer):
+    """The same tokenizer with its chat template removed: what a base model looks like."""
+    base = copy.deepcopy(tokenizer)
+    base.chat_template = None
+    return base
+
+
+# ---- prompt builder ----
+
+
+@pytest.mark.parametrize("shots", [0, 1, 4])
+def test_prompt_holds_the_first_k_examples_in_the_chat_template(tokenizer, shots):
+    prompt = logic.build_prompt(tokenizer, "Classify.", EXAMPLES, shots, "fine acting", context_length=2048)
+    assert prompt.chat and prompt.shots == shots and prompt.dropped == 0
+    assert prompt.text.count("<|im_start|>assistant") == shots + 1
+    assert prompt.text.startswith("<|im_start|>system\nClassify.<|im_end|>")
+    assert prompt.text.endswith("<|im_start|>user\nfine acting<|im_end|>\n<|im_start|>assistant\n")
+    for given, answer in EXAMPLES[:shots]:
+        assert f"user\n{given}<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>" in prompt.text
+    assert prompt.ids == tokenizer(prompt.text, add_special_tokens=False)["input_ids"]
+    assert f"{len(prompt.ids)} prompt tokens of a 2048-token context" in prompt.summary
+
+
+def test_a_base_model_gets_a_plain_text_prompt(plain_tokenizer):
+    prompt = logic.build_prompt(plain_tokenizer, "Classify.", EXAMPLES, 2, "fine acting", context_length=2048)
+    assert not prompt.chat and "no chat template" in prompt.summary
+    assert prompt.text == ("Classify.\n\nInput: good film\nOutput: positive\n\nInput: bad film\nOutput: negative"
+                           "\n\nInput: fine acting\nOutput:")
+    with pytest.raises(ValueError, match="no chat template"):
+        logic.build_prompt(plain_tokenizer, "Classify.", EXAMPLES, 2, "x", context_length=2048, use_chat=True)
+
+
+def test_a_long_prompt_drops_the_oldest_examples_first(tokenizer):
+    full = logic.build_prompt(tokenizer, "Classify.", EXAMPLES, 4, "fine acting", context_length=2048)
+    fitted = logic.build_prompt(tokenizer, "Classify.", EXAMPLES, 4, "fine acting",
+                                context_length=len(full.ids) + 10 - 8, max_new_tokens=10)
+    assert fitted.dropped >= 1 and fitted.shots == 4 - fitted.dropped
+    assert len(fitted.ids) <= fitted.budget
+    assert "good film" not in fitted.text and "dull plot" in fitted.text  # the oldest went first
+
+
+@pytest.mark.parametrize("shots, query, examples, message", [
+    (0, "   ", EXAMPLES, "query is empty"),
+    (5, "q", EXAMPLES, "between 0 and the 4 complete"),
+    (-1, "q", EXAMPLES, "between 0 and the 4 complete"),
+    (1, "q", [["only an input", ""]], "needs both an input and an output"),
+    (0, "word " * 300, [], "alone take"),
+])
+def test_bad_prompt_input_is_refused_with_a_message(tokenizer, shots, query, examples, message):
+    with pytest.raises(ValueError, match=message):
+        logic.build_prompt(tokenizer, "Classify.", examples, shots, query, context_length=128, max_new_tokens=16)
+
+
+def test_blank_example_rows_are_skipped():
+    rows = [["a", "b"], ["", ""], [None, float("nan")], [" c ", " d "]]
+    assert logic.clean_examples(rows) == [("a", "b"), ("c", "d")]
+
+
+# ---- sampling filters ----
+
+
+def test_temperature_one_changes_nothing_and_others_sharpen_or_flatten():
+    logits = np.log(PROBS)
+    stages = logic.filter_distribution(logits, 1.0, 0, 1.0)
+    for stage in logic.STAGES:
+        np.testing.assert_allclose(stages[stage], PROBS)
+    cold = logic.filter_distribution(logits, 0.25, 0, 1.0)["temperature"]
+    hot = logic.filter_distribution(logits, 4.0, 0, 1.0)["temperature"]
+    assert cold[0] > 0.85 and hot[0] < PROBS[0] and hot[3] > PROBS[3]
+    np.testing.assert_allclose(cold, PROBS**4 / (PROBS**4).sum())  # p^(1/T), renormalised
+
+
+@pytest.mark.parametrize("top_k, kept", [(1, [0]), (2, [0, 1]), (3, [0, 1, 2]), (0, [0, 1, 2, 3]), (10, [0, 1, 2, 3])])
+def test_top_k_keeps_the_k_most_likely_and_renormalises(top_k, kept):
+    probs = logic.filter_distribution(np.log(PROBS), 1.0, top_k, 1.0)["top-k"]
+    assert list(np.flatnonzero(probs)) == kept
+    np.testing.assert_allclose(probs[kept], PROBS[kept] / PROBS[kept].sum())
+
+
+@pytest.mark.parametrize("top_p, kept", [(0.4, [0]), (0.5, [0]), (0.7, [0, 1]), (0.75, [0, 1]), (0.9, [0, 1, 2]),
+                                         (1.0, [0, 1, 2, 3])])
+def test_top_p_keeps_the_smallest_set_reaching_p(top_p, kept):
+    probs = logic.filter_distribution(np.log(PROBS), 1.0, 0, top_p)["top-p"]
+    assert list(np.flatnonzero(probs)) == kept
+    assert probs.sum() == pytest.approx(1.0)
+
+
+def test_top_p_applies_after_top_k_and_temperature():
+    stages = logic.filter_distribution(np.log(PROBS), 1.0, 3, 0.6)
+    # After top-k the three survivors are 0.526, 0.316, 0.158: top-p 0.6 then keeps the first two.
+    assert list(np.flatnonzero(stages["top-k"])) == [0, 1, 2]
+    assert list(np.flatnonzero(stages["top-p"])) == [0, 1]
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.7, 20, 0.9), (1.3, 0, 0.5), (1.0, 5, 1.0)])
+def test_filters_match_what_transformers_samples_from(temperature, top_k, top_p):
+    import torch
+    from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
+                                                         TopKLogitsWarper, TopPLogitsWarper)
+
+    logits = np.random.default_rng(0).normal(size=200) * 3
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)]
+                                  + ([TopKLogitsWarper(top_k)] if top_k else []) + [TopPLogitsWarper(top_p)])
+    scores = warpers(torch.zeros(1, 1, dtype=torch.long), torch.tensor(logits[None]))
+    expected = torch.softmax(scores, dim=-1)[0].numpy()
+    np.testing.assert_allclose(logic.filter_distribution(logits, temperature, top_k, top_p)["top-p"], expected,
+                               atol=1e-9)
+
+
+def test_a_step_is_greedy_or_a_seeded_draw_among_survivors():
+    logits = np.log(PROBS)
+    assert logic.choose_next_token(logits, logic.SamplingSettings("greedy"), 0) == 0
+    sampling = logic.SamplingSettings("sampling", temperature=1.0, top_k=2, seed=7)
+    draws = [logic.choose_next_token(logits, sampling, step) for step in range(40)]
+    assert set(draws) == {0, 1}  # only top-k survivors are ever drawn
+    assert draws == [logic.choose_next_token(logits, sampling, step) for step in range(40)]  # replayable
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"mode": "beam"}, "mode must be one of"),
+    ({"temperature": 0}, "temperature must be between"),
+    ({"top_k": -1}, "top-k must be between"),
+    ({"top_p": 1.5}, "top-p must be between"),
+    ({"max_new_tokens": 0}, "max new tokens must be between"),
+    ({"repetition_penalty": 0.5}, "repetition penalty must be between"),
+    ({"seed": -3}, "seed must be between"),
+    ({"top_k": 2.5}, "whole numbers"),
+])
+def test_out_of_range_settings_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        logic.SamplingSettings(**{"mode": "sampling", **change}).checked()
+
+
+def test_greedy_settings_turn_sampling_off():
+    kwargs = logic.SamplingSettings("greedy", temperature=0.5).generate_kwargs()
+    assert kwargs["do_sample"] is False and kwargs["temperature"] is None
+
+
+# ---- label scoring and the evaluation's bookkeeping ----
+
+
+def test_labels_are_scored_by_their_probabilities(tokenizer):
+    label_ids = logic.label_token_ids(tokenizer, logic.ICL_LABEL_WORDS, chat=True)
+    assert len(set(label_ids)) == 2
+    logits = np.zeros(len(tokenizer))
+    logits[label_ids[1]] = 2.0
+    logits[42] = 50.0  # a token that is no label word does not count
+    predicted, probs = logic.score_labels(logits, label_ids)
+    assert predicted == 1 and probs[1] == pytest.approx(1 / (1 + np.exp(-2.0)))
+    plain = logic.label_token_ids(tokenizer, logic.ICL_LABEL_WORDS, chat=False)
+    assert plain != label_ids  # after "Output:" the word comes with its space
+
+
+@pytest.mark.parametrize("successes, n, low, high", [(5, 10, 0.2366, 0.7634), (0, 10, 0.0, 0.2775),
+                                                     (10, 10, 0.7225, 1.0), (80, 100, 0.7112, 0.8666)])
+def test_wilson_interval(successes, n, low, high):
+    assert logic.wilson_interval(successes, n) == pytest.approx((low, high), abs=1e-4)
+
+
+def test_balanced_split_is_balanced_disjoint_and_seeded():
+    rows = [{"id": i, "text": f"s{i}", "label": i % 2} for i in range(100)]
+    plan = logic.balanced_split(rows, 10, 4, seed=3)
+    assert sorted(row["label"] for row, _ in plan) == [0] * 5 + [1] * 5
+    tested = {row["id"] for row, _ in plan}
+    for _, demos in plan:
+        assert len(demos) == 4 and sorted(d["label"] for d in demos) == [0, 0, 1, 1]
+        assert not tested & {d["id"] for d in demos}
+    assert plan == logic.balanced_split(rows, 10, 4, seed=3)
+    assert plan != logic.balanced_split(rows, 10, 4, seed=4)
+    with pytest.raises(ValueError, match="even number"):
+        logic.balanced_split(rows, 7, 1, seed=0)
+
+
+@pytest.mark.parametrize("text, expected", [("0, 1, 4", [0, 1, 4]), ("4,0,4", [0, 4]), ("2", [2])])
+def test_shot_lists(text, expected):
+    assert logic.parse_shot_list(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "one", "0, 99", "-1"])
+def test_bad_shot_lists_are_refused(text):
+    with pytest.raises(ValueError, match="shot count|Shot counts"):
+        logic.parse_shot_list(text)
+
+
+def test_a_stopped_evaluation_returns_at_once_and_says_so(tokenizer):
+    import threading
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=2048))  # never called once stopped
+    chat = logic.ChatModel(source=None, tokenizer=tokenizer, model=model)
+    rows = [{"id": i, "text": f"s{i}", "label": i % 2} for i in range(40)]
+    stop = threading.Event()
+    stop.set()
+    results, stopped = logic.evaluate_icl(chat, rows, 4, [0, 1], seed=0, stop=stop)
+    assert stopped and results[0].n == 0
