@@ -55,7 +55,7 @@ browser:
 	  echo "WARNING: could not install chromium; the browser tests will be skipped"
 
 bench: setup assets
-	$(PY) benchmarks/startup.py
+	for script in benchmarks/*.py; do $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) .cache test-output

@@ -48,12 +48,33 @@ def torch_dtype(name: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+@lru_cache(maxsize=4)
+def bf16_is_native(device: str) -> bool:
+    """Whether bfloat16 math runs in hardware here: a GPU that supports it, or a CPU with AVX512-BF16 or AMX.
+
+    Elsewhere torch emulates bf16 and autocast is slower than float32, which a learner should be told.
+    """
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.is_bf16_supported()
+    if device != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def describe_device() -> dict[str, str]:
     """What the home page shows about where models run."""
     import torch
 
     device = pick_device()
-    info = {"device": device, "default dtype": pick_dtype(device), "torch": torch.__version__}
+    info = {"device": device, "default dtype": pick_dtype(device), "torch": torch.__version__,
+            "bfloat16": "native" if bf16_is_native(device) else "emulated (slower than float32)"}
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     else:

@@ -37,6 +37,9 @@ ROLES: dict[str, Role] = {
         Role("encoder", "BERT-family encoder", "encoder", "sentence-transformers/all-MiniLM-L6-v2",
              ("distilbert-base-uncased", "bert-base-uncased", "google/bert_uncased_L-4_H-256_A-4"),
              "all-minilm-l6-v2"),
+        Role("classifier", "Sentence classifier (fine-tuned encoder)", "sequence-classifier",
+             "distilbert/distilbert-base-uncased-finetuned-sst-2-english",
+             ("cardiffnlp/twitter-roberta-base-sentiment-latest", "textattack/bert-base-uncased-SST-2"), None),
         Role("clip", "CLIP image-text model", "clip", "openai/clip-vit-base-patch32",
              ("openai/clip-vit-large-patch14", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"), None),
         Role("diffusion", "Stable Diffusion pipeline", "diffusion", "stabilityai/sd-turbo",
@@ -56,16 +59,22 @@ _local_models: dict[str, tuple[Path, str]] = {}  # name -> (folder, role): model
 _local_lock = threading.Lock()
 
 
+def check_local_name(name: str) -> str:
+    """A name for `local:<name>`: letters, digits, '-', '_', '.'; not an offline asset's name."""
+    if not name or not all(ch.isalnum() or ch in "-_." for ch in name) or name.startswith("."):
+        raise ValueError(f"local model names use letters, digits, '-', '_' and '.', got {name!r}")
+    if name in assets.ASSETS:
+        raise ValueError(f"{name!r} is the name of an offline asset; choose another")
+    return name
+
+
 def register_local(name: str, folder: Path, role: str) -> str:
     """Put a folder the app itself wrote on the allow-list under `local:<name>` for `role`; returns that label.
 
     Only code registers folders (a page saving a model it trained, a test its tiny model): never a visitor's path.
     """
     get_role(role)
-    if not name or not all(ch.isalnum() or ch in "-_." for ch in name):
-        raise ValueError(f"local model names use letters, digits, '-', '_' and '.', got {name!r}")
-    if name in assets.ASSETS:
-        raise ValueError(f"{name!r} is the name of an offline asset; choose another")
+    check_local_name(name)
     folder = Path(folder).resolve()
     if not (folder / "config.json").exists() and not (folder / "model_index.json").exists():
         raise ValueError(f"{folder} is not a saved model folder (no config.json or model_index.json)")

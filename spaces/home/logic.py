@@ -61,7 +61,7 @@ def load_model(role_name: str, choice: str | None) -> str:
     source = resolve(role.name, choice)
     started = time.perf_counter()
     cache = get_cache()
-    if role.kind in ("causal-lm", "encoder"):
+    if role.kind in ("causal-lm", "encoder", "sequence-classifier"):
         cache.get(LoadSpec("tokenizer", source.location, label=source.label))
     cache.get(LoadSpec(role.kind, source.location, label=source.label))
     seconds = time.perf_counter() - started

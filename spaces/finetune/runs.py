@@ -1,0 +1,192 @@
+"""Training runs in the background, and what a learner does with a finished one (no Gradio).
+
+A run is `train.train()` in a thread; its events fill the run's live history, which the page polls.
+Stopping sets the run's Event: training ends at the next step and keeps its best checkpoint.
+Runs live in this process (one table per session on the page); their files under PLAYGROUND_HOME/runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.registry import check_local_name, register_local
+from shared.settings import read_settings
+from spaces.finetune.train import TrainConfig, command_line, train
+
+MAX_RUNS_KEPT = 20  # finished runs kept in memory (their models are small, but not free)
+_counter = itertools.count(1)
+
+
+@dataclass
+class Run:
+    id: str
+    config: TrainConfig
+    stop: threading.Event = field(default_factory=threading.Event)
+    status: str = "starting"  # starting | running | done | stopped | failed
+    error: str = ""
+    trainable: int = 0
+    total: int = 0
+    step: int = 0
+    total_steps: int = 0
+    eta: float = 0.0
+    steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    accuracies: list[float] = field(default_factory=list)
+    test_accuracy: dict[str, float] = field(default_factory=dict)
+    results: dict | None = None
+    started: float = field(default_factory=time.time)
+    thread: threading.Thread | None = None
+
+    @property
+    def folder(self) -> Path:
+        return read_settings().home / "runs" / self.id
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("done", "stopped", "failed")
+
+    def record(self, event: dict) -> None:
+        kind = event["type"]
+        if kind == "parameters":
+            self.trainable, self.total, self.status = event["trainable"], event["total"], "running"
+        elif kind == "step":
+            self.step, self.total_steps, self.eta = event["step"], event["total_steps"], event["eta"]
+            self.steps.append(event["step"])
+            self.losses.append(event["loss"])
+        elif kind == "eval":
+            self.eval_steps.append(event["step"])
+            self.accuracies.append(event["accuracy"])
+        elif kind == "test":
+            self.test_accuracy[event["domain"]] = event["accuracy"]
+
+    def summary(self) -> dict:
+        results = self.results or {}
+        return {
+            "run": self.id, "method": self.config.method, "status": self.status,
+            "trainable params": self.trainable, "trainable %": round(100 * self.trainable / self.total, 2) if self.total else 0,
+            "wall s": round(results.get("train_seconds", time.time() - self.started), 1),
+            "steps": self.step, "samples/s": round(results["samples_per_second"], 1) if results else None,
+            "best val acc": round(max(self.accuracies), 4) if self.accuracies else None,
+            **{f"test {k}": round(v, 4) for k, v in self.test_accuracy.items()},
+        }
+
+
+RUNS: dict[str, Run] = {}
+_runs_lock = threading.Lock()
+
+
+def start_run(config: TrainConfig) -> Run:
+    """Check the config, then train in a background thread; returns at once with the live Run."""
+    config.check()
+    run = Run(id=f"run-{next(_counter)}-{config.method}", config=config)
+    config.output_dir = str(run.folder)
+
+    def work() -> None:
+        try:
+            run.results = train(config, on_event=run.record, stop=run.stop)
+            run.status = "stopped" if run.results["stopped"] else "done"
+        except Exception as error:  # shown to the visitor as the run's status
+            run.status, run.error = "failed", f"{type(error).__name__}: {str(error)[:300]}"
+
+    run.thread = threading.Thread(target=work, name=run.id, daemon=True)
+    with _runs_lock:
+        RUNS[run.id] = run
+        finished = [r for r in RUNS.values() if r.finished]
+        for old in finished[: max(0, len(finished) - MAX_RUNS_KEPT)]:
+            del RUNS[old.id]
+    run.thread.start()
+    return run
+
+
+def get_run(run_id: str | None, finished: bool = False) -> Run:
+    run = RUNS.get(run_id or "")
+    if run is None:
+        raise ValueError("Choose a run first: train one, then pick it from the list.")
+    if finished and run.status not in ("done", "stopped"):
+        raise ValueError(f"{run.id} has no trained model yet (status: {run.status}).")
+    return run
+
+
+def stop_run(run_id: str | None) -> str:
+    run = RUNS.get(run_id or "")
+    if run is None or run.finished:
+        return "No run is training."
+    run.stop.set()
+    return f"Stopping {run.id} at the next step; its best checkpoint so far is kept."
+
+
+def predict(run_id: str, text: str) -> dict[str, float]:
+    """Class probabilities of one sentence under a finished run's best model."""
+    import torch
+
+    run = get_run(run_id, finished=True)
+    text = (text or "").strip()
+    if not text:
+        raise ValueError("Type a sentence to classify.")
+    model, tokenizer = run.results["model"], run.results["tokenizer"]
+    encoded = tokenizer(text[:5000], truncation=True, max_length=run.config.max_length, return_tensors="pt")
+    encoded = {k: v.to(next(model.parameters()).device) for k, v in encoded.items()}
+    model.eval()
+    with torch.no_grad():
+        probabilities = model(**encoded).logits.float().softmax(-1)[0].tolist()
+    return dict(zip(run.config.label_names, probabilities))
+
+
+def merged_folder(run_id: str) -> Path:
+    """An ordinary transformers folder of the run's model: LoRA adapters merged into the base weights."""
+    run = get_run(run_id, finished=True)
+    target = run.folder / "model"
+    if (target / "config.json").exists():
+        return target
+    model = run.results["model"]
+    if run.config.method == "lora":
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(target, safe_serialization=True)
+    run.results["tokenizer"].save_pretrained(target)
+    return target
+
+
+def save_to_cache(run_id: str, name: str) -> str:
+    """Put the run's (merged) model on the allow-list as `local:<name>` for the classifier role."""
+    name = check_local_name((name or "").strip())
+    saved = read_settings().home / "models" / name
+    if saved.exists():
+        shutil.rmtree(saved)
+    shutil.copytree(merged_folder(run_id), saved)
+    return register_local(name, saved, role="classifier")
+
+
+def zip_run(run_id: str) -> Path:
+    """A zip of the run's merged model, adapter (LoRA) and results.json, for download."""
+    run = get_run(run_id, finished=True)
+    merged_folder(run_id)
+    archive = shutil.make_archive(str(run.folder.parent / run.id), "zip", root_dir=run.folder)
+    return Path(archive)
+
+
+def export_onnx(run_id: str) -> Path:
+    """Export the run's merged model to ONNX through optimum; returns a zip of the ONNX folder."""
+    from optimum.exporters.onnx import main_export
+
+    run = get_run(run_id, finished=True)
+    source = merged_folder(run_id)
+    target = run.folder / "onnx"
+    if not (target / "model.onnx").exists():
+        main_export(str(source), output=target, task="text-classification", do_validation=True)
+    return Path(shutil.make_archive(str(run.folder.parent / f"{run.id}-onnx"), "zip", root_dir=target))
+
+
+def compare_rows(run_ids: list[str]) -> list[dict]:
+    return [RUNS[r].summary() for r in run_ids if r in RUNS]
+
+
+def script_command(config: TrainConfig, processes: int = 1) -> str:
+    return command_line(config, processes)

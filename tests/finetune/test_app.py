@@ -1,0 +1,130 @@
+"""The fine-tuning page through gradio_client, and the same training as an `accelerate launch` script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from gradio_client import handle_file
+from gradio_client.exceptions import AppError
+
+from spaces.finetune import runs
+from tests.conftest import REPO_ROOT
+
+MODEL = "local:all-minilm-l6-v2"
+
+
+def settings(method="full", train_size=32, epochs=4.0, max_steps=0, batch_size=16, learning_rate=1e-4,
+             data="movie sentences", upload=None):
+    """The page's inputs in order (see spaces/finetune/ui.py build(): `settings`)."""
+    return [MODEL, data, upload, "rotten_tomatoes", method, 3, 8, 16, 0.1, ["query", "value"], learning_rate,
+            epochs, max_steps, batch_size, 64, 0, False, train_size, 32, 64, 16]
+
+
+def run_id_of(outputs) -> str:
+    return outputs[5]["value"]
+
+
+def test_parameters_and_command_before_training(client):
+    text = client.predict(MODEL, "lora", 3, 8, 16, 0.1, ["query", "value"], api_name="/finetune_parameters")
+    assert "74,498 trainable of 22,788,484 parameters (**0.33%**)" in text
+    command = client.predict(*settings(method="lora"), api_name="/finetune_command")
+    assert "accelerate launch --num_processes 1 -m spaces.finetune.train" in command
+    assert "--method lora" in command and "--multi_gpu --num_processes 2" in command
+
+
+def test_short_run_lowers_the_loss_and_writes_a_loadable_model(client):
+    from transformers import AutoModelForSequenceClassification
+
+    outputs = client.predict(*settings(), api_name="/finetune_train")
+    run = runs.RUNS[run_id_of(outputs)]
+    assert run.status == "done" and run.step == 8
+    assert sum(run.losses[-2:]) < sum(run.losses[:2])  # 32 sentences, 4 epochs: the loss must fall
+    results = json.loads((run.folder / "results.json").read_text())
+    assert results["trainable_parameters"] == results["total_parameters"]
+    assert set(results["test_accuracy"]) == {"movies", "tweets", "amazon", "nyt"}
+    model = AutoModelForSequenceClassification.from_pretrained(run.folder / "model")
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    probabilities = client.predict(run.id, "A gorgeous, witty, seductive movie.", api_name="/finetune_classify")
+    assert {c["label"] for c in probabilities["confidences"]} == {"negative", "positive"}
+    table = outputs[3]
+    assert table["data"][-1][0] == run.id and "test movies" in table["headers"]
+
+
+def test_stop_mid_run_keeps_a_loadable_checkpoint(client):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from shared.assets import ensure
+
+    job = client.submit(*settings(method="lora", train_size=0, epochs=1, learning_rate=1e-3),
+                        api_name="/finetune_train")
+    deadline = time.time() + 120
+    while not any(o and runs.RUNS.get(run_id_of(o)) and runs.RUNS[run_id_of(o)].step >= 2 for o in job.outputs()):
+        assert time.time() < deadline and not job.done(), "training did not start"
+        time.sleep(0.5)
+    run = runs.RUNS[run_id_of(job.outputs()[-1])]
+    assert "Stopping" in client.predict(api_name="/finetune_stop")
+    job.result(timeout=120)
+    assert run.status == "stopped" and run.step < run.total_steps
+    results = json.loads((run.folder / "results.json").read_text())
+    assert results["stopped"] is True and results["best_step"] >= 1
+    # peft's way back: the base model, then the saved adapter (and classifier) on top.
+    base = AutoModelForSequenceClassification.from_pretrained(ensure("all-minilm-l6-v2"), num_labels=2)
+    reloaded = PeftModel.from_pretrained(base, run.folder / "adapter").eval()
+    trained = run.results["model"].eval()
+    inputs = run.results["tokenizer"]("What a fine film.", return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**inputs).logits, trained(**inputs).logits, atol=1e-5)
+
+
+def test_use_the_result_save_zip_onnx(client):
+    import onnxruntime
+
+    run_id = run_id_of(client.predict(*settings(method="head", train_size=16, epochs=1), api_name="/finetune_train"))
+    assert "local:my-head" in client.predict(run_id, "my-head", api_name="/finetune_save")
+    from shared.registry import choices
+
+    assert "local:my-head" in choices("classifier")
+    assert client.predict(run_id, api_name="/finetune_zip").endswith(".zip")
+    archive = client.predict(run_id, api_name="/finetune_onnx")
+    assert archive.endswith(".zip") and (runs.RUNS[run_id].folder / "onnx" / "model.onnx").exists()
+    onnxruntime.InferenceSession(str(runs.RUNS[run_id].folder / "onnx" / "model.onnx"))
+    with pytest.raises(AppError, match="local model names use"):
+        client.predict(run_id, "../escape", api_name="/finetune_save")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("sentence,label\nhello,1\n", "missing: text"),
+    ("text,label\n" + "same,1\n" * 30, "same label"),
+])
+def test_bad_csv_upload_gets_a_clear_message(client, tmp_path, content, message):
+    path = tmp_path / "upload.csv"
+    path.write_text(content)
+    with pytest.raises(AppError, match=message):
+        client.predict(*settings(data="upload CSV", upload=handle_file(str(path))), api_name="/finetune_train")
+
+
+def test_bad_model_and_settings_are_refused(client):
+    with pytest.raises(AppError, match="is a path or URL"):
+        client.predict("/root", *settings()[1:], api_name="/finetune_train")
+    with pytest.raises(AppError, match="learning rate must be in"):
+        client.predict(*settings(learning_rate=5.0), api_name="/finetune_train")
+
+
+def test_accelerate_launch_two_cpu_processes(tmp_path):
+    command = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--multi_gpu",
+               "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "spaces.finetune.train", "--method", "lora", "--max-steps", "3", "--train-size", "64",
+               "--validation-size", "32", "--test-size", "32", "--other-domain-size", "16", "--batch-size", "8", "--output-dir", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["processes"] == 2 and results["steps"] == 3
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
