@@ -54,7 +54,7 @@ def main() -> int:
         from spaces.finetune.ui import DEFAULTS
 
         # 1. The page's default run, exactly as the Train button starts it.
-        default = run(dataclasses.replace(DEFAULTS), f"page default ({DEFAULTS.method})")
+        default = run(dataclasses.replace(DEFAULTS), f"page default ({DEFAULTS.method} {DEFAULTS.freeze_layers})")
         # 2. Each method, same step budget, same data, same seed.
         per_method = {}
         for method, learning_rate in (("full", 1e-4), ("freeze", 1e-4), ("head", 1e-3), ("lora", 1e-3)):
@@ -65,7 +65,8 @@ def main() -> int:
         speed = {}
         for bf16 in (False, True):
             config = dataclasses.replace(DEFAULTS, method="full", bf16=bf16, max_steps=args.speed_steps,
-                                         validation_size=8, test_size=8, eval_every=10_000, train_size=0)
+                                         validation_size=8, test_size=8, other_domain_size=8, eval_every=10_000,
+                                         train_size=0)
             speed[bf16] = run(config, "bf16 autocast" if bf16 else "fp32")["samples_per_second"]
     except Exception as error:
         print(f"benchmark failed: {type(error).__name__}: {error}", file=sys.stderr)

@@ -45,8 +45,8 @@ class TrainConfig:
     train_size: int = 0  # 0 = the whole training split
     validation_size: int = 300
     test_size: int = 0  # in-domain test examples; 0 = the whole fixed test split
-    other_domain_size: int = 300  # movies only: examples per out-of-domain test set (tweets, amazon, nyt)
-    eval_every: int = 0  # steps between validations; 0 = about 6 per run
+    other_domain_size: int = 200  # movies only: examples per out-of-domain test set (tweets, amazon, nyt)
+    eval_every: int = 0  # steps between validations; 0 = about 5 per run
     warmup_ratio: float = 0.06
     output_dir: str = ""  # where the best model and results.json go; empty = do not save
     label_names: tuple[str, ...] = field(default_factory=tuple)  # filled from the data
@@ -114,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--other-domain-size", type=int, default=defaults.other_domain_size,
                         help="movies: examples per out-of-domain test set (0: all)")
     parser.add_argument("--eval-every", type=int, default=defaults.eval_every,
-                        help="steps between validations (0: about 6 per run)")
+                        help="steps between validations (0: about 5 per run)")
     parser.add_argument("--warmup-ratio", type=float, default=defaults.warmup_ratio, help="share of steps warming up")
     parser.add_argument("--output-dir", default=defaults.output_dir, help="where the model and results.json go")
     args = parser.parse_args(argv)
@@ -277,7 +277,7 @@ def train(config: TrainConfig, dataset: logic.Dataset | None = None, location: s
     total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
-    eval_every = config.eval_every or max(1, total_steps // 6)
+    eval_every = config.eval_every or max(1, total_steps // 5)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
                                   weight_decay=0.01)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
