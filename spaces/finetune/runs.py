@@ -16,7 +16,7 @@ from pathlib import Path
 
 from shared.registry import check_local_name, register_local
 from shared.settings import read_settings
-from spaces.finetune.train import TrainConfig, command_line, train
+from spaces.finetune.train import TrainConfig, train
 
 MAX_RUNS_KEPT = 20  # finished runs kept in memory (their models are small, but not free)
 _counter = itertools.count(1)
@@ -186,7 +186,3 @@ def export_onnx(run_id: str) -> Path:
 
 def compare_rows(run_ids: list[str]) -> list[dict]:
     return [RUNS[r].summary() for r in run_ids if r in RUNS]
-
-
-def script_command(config: TrainConfig, processes: int = 1) -> str:
-    return command_line(config, processes)

@@ -11,7 +11,7 @@ from shared.device import bf16_is_native, pick_device
 from shared.registry import choices, resolve
 from shared.ui import HEAVY, LIGHT, PageInfo, visitor_errors
 from spaces.finetune import logic, runs
-from spaces.finetune.train import TrainConfig
+from spaces.finetune.train import TrainConfig, command_line
 
 PAGE = PageInfo(
     name="Fine-tuning",
@@ -104,8 +104,8 @@ def describe_parameters(model, method, freeze_layers, lora_r, lora_alpha, lora_d
 def show_command(*settings):
     config = make_config(*settings)
     config.output_dir = "runs/my-run"
-    return (f"# one process\n{runs.script_command(config)}\n"
-            f"# DDP over 2 processes (GPUs when present, else CPU processes over gloo)\n{runs.script_command(config, 2)}")
+    return (f"# one process\n{command_line(config)}\n"
+            f"# DDP over 2 processes (GPUs when present, else CPU processes over gloo)\n{command_line(config, 2)}")
 
 
 @visitor_errors
