@@ -239,10 +239,6 @@ def apply_method(model, method: str, freeze_layers: int = 0, lora_r: int = 8, lo
     return get_peft_model(model, config)
 
 
-def parameter_summary(model) -> str:
-    trainable, total = count_parameters(model)
-    return f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)"
-
 
 def preview_parameters(location: str, num_labels: int, method: str, freeze_layers: int, lora_r: int,
                        lora_alpha: int, lora_dropout: float, lora_targets: tuple[str, ...]) -> tuple[int, int]:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.cache import short_reason
 from shared.registry import check_local_name, register_local
 from shared.settings import read_settings
 from spaces.finetune.train import TrainConfig, train
@@ -92,7 +93,7 @@ def start_run(config: TrainConfig) -> Run:
             run.results = train(config, on_event=run.record, stop=run.stop)
             run.status = "stopped" if run.results["stopped"] else "done"
         except Exception as error:  # shown to the visitor as the run's status
-            run.status, run.error = "failed", f"{type(error).__name__}: {str(error)[:300]}"
+            run.status, run.error = "failed", short_reason(error)
 
     run.thread = threading.Thread(target=work, name=run.id, daemon=True)
     with _runs_lock:
@@ -182,7 +183,3 @@ def export_onnx(run_id: str) -> Path:
     if not (target / "model.onnx").exists():
         main_export(str(source), output=target, task="text-classification", do_validation=True)
     return Path(shutil.make_archive(str(run.folder.parent / f"{run.id}-onnx"), "zip", root_dir=target))
-
-
-def compare_rows(run_ids: list[str]) -> list[dict]:
-    return [RUNS[r].summary() for r in run_ids if r in RUNS]
