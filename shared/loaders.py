@@ -35,7 +35,33 @@ def load_pretrained(auto_class_name: str) -> Loader:
     return load
 
 
+def load_onnx_causal_lm(spec: LoadSpec, device: str, dtype: str) -> Any:
+    """A causal LM as an ONNX Runtime decoder (shared/onnx_lm.py), converted once from its transformers weights
+    and stored; options: weights = "int8" (default), "int4" or "fp32". ONNX Runtime runs it on the CPU."""
+    from pathlib import Path
+
+    from shared.onnx_lm import OnnxCausalLM, stored_build
+    from shared.settings import read_settings
+
+    options = dict(spec.options)
+    weights = options.pop("weights", "int8")
+    folder = spec.source
+    if not Path(folder).is_dir():  # a hub id: the files, for the build's key and for the conversion
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(spec.source, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt",
+                                                                "*.model", "*.jinja"])
+
+    def torch_model():
+        return load_pretrained("AutoModelForCausalLM")(LoadSpec("causal-lm", folder, options=tuple(options.items())),
+                                                       "cpu", "float32")
+
+    name = spec.name.replace("local:", "").replace("/", "--")
+    return OnnxCausalLM(stored_build(folder, weights, torch_model, read_settings().onnx_dir, name=name))
+
+
 STANDARD_LOADERS: dict[str, Loader] = {
+    "onnx-causal-lm": load_onnx_causal_lm,
     "tokenizer": load_tokenizer,
     "causal-lm": load_pretrained("AutoModelForCausalLM"),
     "encoder": load_pretrained("AutoModel"),

@@ -26,7 +26,7 @@ def env_flag(name: str) -> bool:
 
 @dataclass(frozen=True)
 class Settings:
-    home: Path  # built offline assets (assets/), downloaded sdists (downloads/), saved models (models/)
+    home: Path  # offline assets (assets/), sdists (downloads/), saved models (models/), ONNX builds (onnx/)
     offline: bool  # never touch the hub, whatever the network says
     memory_budget_bytes: int  # the model cache evicts least-recently-used models beyond this
     device: str | None  # None: chosen at run time (GPU when there is one)
@@ -38,6 +38,10 @@ class Settings:
     @property
     def downloads_dir(self) -> Path:
         return self.home / "downloads"
+
+    @property
+    def onnx_dir(self) -> Path:  # ONNX builds of models (shared/onnx_lm.py), one folder per weights and format
+        return self.home / "onnx"
 
 
 def read_settings() -> Settings:

@@ -36,6 +36,12 @@ SEED_LIMIT = 2**31 - 1
 MODES = ("greedy", "sampling")
 EXAMPLE_COLUMNS = ["input", "output"]
 STAGES = ("model (T=1)", "temperature", "top-k", "top-p")
+BACKENDS = {  # key -> what the page calls it
+    "auto": "Auto: ONNX Runtime with int8 weights on a CPU, PyTorch on a GPU",
+    "onnx-int8": "ONNX Runtime, int8 weights",
+    "onnx-fp32": "ONNX Runtime, float32",
+    "pytorch": "PyTorch (transformers generate)",
+}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "sentiment": {
@@ -98,7 +104,8 @@ ICL_LABEL_WORDS = ("negative", "positive")  # index = the data set's label (0 ne
 class ChatModel:
     source: ModelSource
     tokenizer: Any
-    model: Any
+    model: Any  # a transformers model, or a shared.onnx_lm.OnnxCausalLM for the ONNX Runtime backends
+    backend: str = "pytorch"  # a key of BACKENDS other than "auto"
 
     @property
     def has_chat_template(self) -> bool:
@@ -109,13 +116,40 @@ class ChatModel:
         return context_length(self.model, self.tokenizer)
 
 
-def load_chat_model(choice: str | None, dtype: str = "auto") -> ChatModel:
-    """The chat-lm role's model (the default, or a hub id / local: label), loaded once through the cache."""
+def pick_backend(backend: str, source: ModelSource) -> str:
+    """The backend that runs: "auto" is ONNX Runtime with int8 weights on a CPU (where transformers' eager
+    decoding is bound by per-operator overhead) when the model's architecture converts, else PyTorch."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    if backend == "pytorch":
+        return backend
+    from transformers import AutoConfig
+
+    from shared.device import pick_device
+    from shared.onnx_lm import supports
+
+    reason = supports(AutoConfig.from_pretrained(source.location, trust_remote_code=False))
+    if backend == "auto":
+        return "onnx-int8" if reason is None and pick_device() == "cpu" else "pytorch"
+    if reason:
+        raise ValueError(f"{source.label}: {reason}. Choose the PyTorch backend for it.")
+    return backend
+
+
+def load_chat_model(choice: str | None, dtype: str = "auto", backend: str = "pytorch") -> ChatModel:
+    """The chat-lm role's model (the default, or a hub id / local: label) on `backend`, loaded once through
+    the cache. The ONNX backends convert the model on first use and keep the build (shared/onnx_lm.py)."""
     source = resolve("chat-lm", choice)
+    backend = pick_backend(backend, source)
     cache = get_cache()
     tokenizer = cache.get(LoadSpec("tokenizer", source.location, label=source.label))
-    model = cache.get(LoadSpec("causal-lm", source.location, dtype=dtype, label=source.label))
-    return ChatModel(source, tokenizer, model)
+    if backend == "pytorch":
+        model = cache.get(LoadSpec("causal-lm", source.location, dtype=dtype, label=source.label))
+    else:
+        weights = backend.removeprefix("onnx-")
+        model = cache.get(LoadSpec("onnx-causal-lm", source.location, dtype="float32", device="cpu",
+                                   options=(("weights", weights),), label=f"{source.label} (ONNX {weights})"))
+    return ChatModel(source, tokenizer, model, backend)
 
 
 def has_chat_template(tokenizer: Any) -> bool:
@@ -335,6 +369,7 @@ class GenerationStats:
     seconds_to_first_token: float | None = None
     decode_tokens_per_second: float | None = None
     stopped: bool = False  # ended by the Stop button
+    backend: str = ""  # a key of BACKENDS
 
     def describe(self) -> str:
         if self.seconds_to_first_token is None:
@@ -342,32 +377,44 @@ class GenerationStats:
         rate = (f"{self.decode_tokens_per_second:.1f} tokens/s while decoding" if self.decode_tokens_per_second
                 else "one token")
         end = " Stopped by the Stop button." if self.stopped else ""
+        where = f" Ran on {BACKENDS[self.backend]}." if self.backend in BACKENDS else ""
         return (f"{self.new_tokens} new tokens after a {self.prompt_tokens}-token prompt: first token after "
-                f"{self.seconds_to_first_token:.2f} s, then {rate}.{end}")
+                f"{self.seconds_to_first_token:.2f} s, then {rate}.{end}{where}")
 
 
-class _StopAndTime:
-    """A transformers StoppingCriteria: ends `generate` once `stop` is set, and records when each token came."""
+class _TokenClock:
+    """Records when each new token came; turns that into GenerationStats."""
 
-    def __init__(self, stop: threading.Event, started: float):
-        self.stop = stop
+    def __init__(self, started: float, backend: str):
         self.started = started
+        self.backend = backend
         self.token_times: list[float] = []
 
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
+    def tick(self) -> None:
         self.token_times.append(time.perf_counter())
-        return torch.full((input_ids.shape[0],), self.stop.is_set(), dtype=torch.bool, device=input_ids.device)
 
     def stats(self, prompt_tokens: int, stopped: bool) -> GenerationStats:
         times = self.token_times
-        stats = GenerationStats(prompt_tokens, len(times), stopped=stopped)
+        stats = GenerationStats(prompt_tokens, len(times), stopped=stopped, backend=self.backend)
         if times:
             stats.seconds_to_first_token = times[0] - self.started
         if len(times) > 1 and times[-1] > times[0]:
             stats.decode_tokens_per_second = (len(times) - 1) / (times[-1] - times[0])
         return stats
+
+
+class _StopAndTime(_TokenClock):
+    """A transformers StoppingCriteria: ends `generate` once `stop` is set, and records when each token came."""
+
+    def __init__(self, stop: threading.Event, started: float):
+        super().__init__(started, "pytorch")
+        self.stop = stop
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        self.tick()
+        return torch.full((input_ids.shape[0],), self.stop.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 _active_lock = threading.Lock()
@@ -420,11 +467,14 @@ def stream_generation(chat: ChatModel, prompt_ids: Sequence[int], settings: Samp
     1. Seed. 2. Start `generate` in a thread, streaming into a TextIteratorStreamer.
     3. Yield the growing text. 4. Join the thread; re-raise its error.
     """
+    settings = settings.checked()
+    stop = stop or threading.Event()
+    if chat.backend != "pytorch":
+        yield from _stream_onnx(chat, prompt_ids, settings, stop)
+        return
     import torch
     from transformers import StoppingCriteriaList, TextIteratorStreamer, set_seed
 
-    settings = settings.checked()
-    stop = stop or threading.Event()
     # 1. Seed: the same seed and settings give the same text.
     set_seed(settings.seed)
     input_ids = torch.tensor([list(prompt_ids)], device=chat.model.device)
@@ -477,6 +527,83 @@ def stream_generation(chat: ChatModel, prompt_ids: Sequence[int], settings: Samp
     yield text, watch.stats(len(input_ids[0]), stop.is_set())
 
 
+def _stream_onnx(chat: ChatModel, prompt_ids: Sequence[int], settings: SamplingSettings,
+                 stop: threading.Event) -> Iterator[tuple[str, GenerationStats]]:
+    """stream_generation on ONNX Runtime: this loop is the decoder, one token per step, so Stop (or closing
+    the generator) ends the computation before the next step.
+
+    1. Prefill the prompt. 2. Pick a token (greedy, or a seeded draw), yield the text. 3. Step; repeat.
+    """
+    lm = chat.model
+    eos = lm.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    rng = np.random.default_rng(settings.seed)
+    clock = _TokenClock(time.perf_counter(), chat.backend)
+    history, new_ids, text = list(prompt_ids), [], ""
+    _count_generation(+1)
+    try:
+        # 1. Prefill: the prompt's KV cache and the first token's logits.
+        logits, state = lm.prefill(history)
+        while not stop.is_set():
+            # 2. Pick the next token; end-of-text ends the run (and is not shown, as with the streamer).
+            token = pick_token(logits, settings, history, rng)
+            clock.tick()
+            if token in eos:
+                break
+            new_ids.append(token)
+            history.append(token)
+            decoded = chat.tokenizer.decode(new_ids, skip_special_tokens=True)
+            if not decoded.endswith("\ufffd"):  # hold back half a multi-byte character
+                text = decoded
+                yield text, clock.stats(len(prompt_ids), stop.is_set())
+            if len(new_ids) >= settings.max_new_tokens:
+                break
+            # 3. One step: only the new token goes in; the cache holds the rest.
+            logits = lm.step(state, token)
+    finally:
+        _count_generation(-1)
+    text = chat.tokenizer.decode(new_ids, skip_special_tokens=True)
+    yield text, clock.stats(len(prompt_ids), stop.is_set())
+
+
+def apply_repetition_penalty(logits: np.ndarray, history: Sequence[int], penalty: float) -> np.ndarray:
+    """A copy of `logits` with every token already in the text made less likely, as transformers does it:
+    a positive logit is divided by the penalty, a negative one multiplied."""
+    scores = np.array(logits, dtype=np.float64)  # a copy: the caller's logits stay as they were
+    if penalty != 1.0 and len(history):
+        seen = np.unique(np.asarray(history, dtype=np.int64))
+        values = scores[seen]
+        scores[seen] = np.where(values < 0, values * penalty, values / penalty)
+    return scores
+
+
+def sampling_candidates(logits: np.ndarray, temperature: float, top_k: int, top_p: float
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """The tokens sampling draws from and their probabilities: the survivors of filter_distribution's last
+    stage, found without sorting the whole vocabulary when top-k cuts first."""
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    if 0 < top_k < scaled.size:
+        kth = np.partition(scaled, scaled.size - top_k)[scaled.size - top_k]
+        ids = np.flatnonzero(scaled >= kth)  # ties with the k-th survive, as in top_k_mask
+    else:
+        ids = np.flatnonzero(np.isfinite(scaled))
+    keep = top_p_mask(softmax(scaled[ids]), top_p)
+    ids = ids[keep]
+    return ids, softmax(scaled[ids])
+
+
+def pick_token(logits: np.ndarray, settings: SamplingSettings, history: Sequence[int],
+               rng: np.random.Generator) -> int:
+    """One decoding step on the ONNX backends: repetition penalty, then the argmax (greedy) or a draw from
+    the filtered distribution with `rng` (seeded once per run, so a seed replays the run)."""
+    scores = apply_repetition_penalty(logits, history, settings.repetition_penalty)
+    if settings.mode == "greedy":
+        return int(np.argmax(scores))
+    ids, probs = sampling_candidates(scores, settings.temperature, settings.top_k, settings.top_p)
+    index = int(np.searchsorted(np.cumsum(probs), rng.random(), side="right"))
+    return int(ids[min(index, ids.size - 1)])
+
+
 # --------------------------------------------------------------------------------------------------------
 # Next-token explorer
 # --------------------------------------------------------------------------------------------------------
@@ -484,6 +611,9 @@ def stream_generation(chat: ChatModel, prompt_ids: Sequence[int], settings: Samp
 
 def next_token_logits(chat: ChatModel, ids: Sequence[int]) -> np.ndarray:
     """The model's logits for the token after `ids` (float64 numpy, one per vocabulary entry)."""
+    if chat.backend != "pytorch":
+        logits, _ = chat.model.prefill(list(ids))
+        return logits.astype(np.float64)
     import torch
 
     with torch.inference_mode():
@@ -676,14 +806,19 @@ def evaluate_icl(chat: ChatModel, rows: Sequence[dict], n: int, shot_counts: Seq
 HUB_ID_OF_ASSET = {"local:smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
-def python_recipe(model_label: str, prompt: BuiltPrompt, settings: SamplingSettings) -> str:
+def python_recipe(model_label: str, prompt: BuiltPrompt, settings: SamplingSettings, backend: str = "pytorch") -> str:
     """A transformers snippet that reproduces a generation: the same prompt text, settings and seed."""
     model_id = HUB_ID_OF_ASSET.get(model_label, model_label)
     kwargs = settings.generate_kwargs()
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     note = f"  # the page ran {model_label}, built from this model" if model_id != model_label else ""
-    return f'''import torch
+    header = ""
+    if backend != "pytorch":
+        header = (f"# The page ran this on {BACKENDS[backend]} (shared/onnx_lm.py in Transformer Playground), with "
+                  "its own seeded sampler.\n# transformers below runs the same prompt and settings in PyTorch: "
+                  "the text can differ after a few tokens.\n")
+    return header + f'''import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
 model_id = {model_id!r}{note}
@@ -699,8 +834,8 @@ print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_to
 '''
 
 
-def client_recipe(url: str, model_label: str, instruction: str, examples: Sequence[tuple[str, str]], shots: int,
-                  query: str, settings: SamplingSettings) -> str:
+def client_recipe(url: str, model_label: str, backend: str, instruction: str, examples: Sequence[tuple[str, str]],
+                  shots: int, query: str, settings: SamplingSettings) -> str:
     """A gradio_client call of this page's generate endpoint with the same inputs."""
     table = {"headers": EXAMPLE_COLUMNS, "data": [list(e) for e in examples]}
     return f'''from gradio_client import Client
@@ -708,6 +843,7 @@ def client_recipe(url: str, model_label: str, instruction: str, examples: Sequen
 client = Client({url!r})
 prompt, prompt_info, text, stats, seed, python_recipe, client_recipe = client.predict(
     {model_label!r},  # model
+    {backend!r},  # runs on: {", ".join(BACKENDS)}
     {instruction!r},  # instruction
     {table!r},  # labeled examples
     {shots},  # shots
@@ -720,14 +856,14 @@ print(text)
 '''
 
 
-def icl_client_recipe(url: str, model_label: str, n: int, shot_counts: Sequence[int], seed: int) -> str:
+def icl_client_recipe(url: str, model_label: str, backend: str, n: int, shot_counts: Sequence[int], seed: int) -> str:
     """A gradio_client call of this page's in-context learning endpoint with the same settings."""
     shots = ", ".join(str(k) for k in shot_counts)
     return f'''from gradio_client import Client
 
 client = Client({url!r})
 plot, accuracy, confusion, status, recipe = client.predict(
-    {model_label!r}, {n}, {shots!r}, {seed},  # model, N, shot counts, seed
+    {model_label!r}, {backend!r}, {n}, {shots!r}, {seed},  # model, runs on, N, shot counts, seed
     api_name="/prompting_icl",
 )
 print(status)
