@@ -1,20 +1,22 @@
 """Generation speed of the prompting page, measured side by side with plain `model.generate` in one run.
 
-    .venv/bin/python benchmarks/generation.py [--runs 3] [--skip-onnx] [--threads N]
+    .venv/bin/python benchmarks/generation.py [--runs 3] [--optimum] [--threads N]
 
 SmolLM2-135M-Instruct (the offline chat LM), a 128-token prompt, 64 new tokens, batch 1, greedy. For each way
 of generating: time to first token (TTFT, prefill plus one step) and decode tokens/s (the 63 tokens after the
 first), the median of `--runs` runs after one warm-up run.
 
 1. plain `model.generate` in float32: the reference; every other figure is a ratio to it.
-2. the page's own path (spaces/prompting/logic.py `stream_generation`: a thread, a TextIteratorStreamer, a
-   stopping criterion reading a stop event) in float32 -- the page's default on a CPU -- and in bfloat16.
-3. ONNX Runtime: optimum's ORTModelForCausalLM, exported to a temporary folder, through its `generate`.
+2. the page's own path (spaces/prompting/logic.py `stream_generation`) on each backend:
+   - PyTorch in float32 and in bfloat16 (a thread, a TextIteratorStreamer, a stopping criterion);
+   - ONNX Runtime in float32 and with int8 weights (shared/onnx_lm.py: a hand-built fused graph, the page's
+     own decoding loop). ONNX Runtime with int8 weights is the page's default on a CPU ("auto").
+3. with `--optimum`: optimum's ORTModelForCausalLM (its exported graph and its `generate`), for comparison.
 
 End-of-text is switched off for every way alike, so each run makes all 64 tokens.
-On a CPU the figures depend on torch's thread count and on what else runs: with 2 intra-op threads on 2 busy
+On a CPU the figures depend on the thread count and on what else runs: with 2 intra-op threads on 2 busy
 cores, `generate` called from the main thread can be several times slower than the same call from a worker
-thread (the page's path). `--threads 1` takes that effect out; the load average is printed with the figures.
+thread. `--threads 1` takes that effect out; the load average is printed with the figures.
 Target (issue 3): at least 40 decode tokens/s on the page's default path.
 
 Ends with one `RESULT <name>: <figure> (goal <goal>) MET|MISSED` line per figure; exits 0 either way,
@@ -80,7 +82,7 @@ def plain_generate(model) -> Measure:
 
 
 def page_path(chat) -> Measure:
-    """The page's streaming path; its stopping criterion times every token."""
+    """The page's streaming path on the chat model's backend; it times every token itself."""
     from spaces.prompting import logic
 
     settings = logic.SamplingSettings("greedy", max_new_tokens=NEW_TOKENS)
@@ -115,8 +117,8 @@ def result_line(name: str, figure: float, unit: str, goal: str, met: bool) -> st
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="measured runs of each way (median is reported)")
-    parser.add_argument("--skip-onnx", action="store_true", help="skip the ONNX Runtime export and run")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--optimum", action="store_true", help="also export with optimum and time its generate")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's / ORT's)")
     args = parser.parse_args()
     figures: dict[str, tuple[float, float]] = {}
     try:
@@ -134,18 +136,29 @@ def main() -> int:
               f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.runs} run(s) each; "
               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPU(s)")
         figures["generate fp32"] = run(plain_generate(chat32.model), ids, args.runs)
-        figures["page fp32"] = run(page_path(chat32), ids, args.runs)
+        figures["page pytorch fp32"] = run(page_path(chat32), ids, args.runs)
         get_cache().evict(chat32.source.label)  # one model in memory at a time
         chat16 = logic.load_chat_model(None, dtype="bfloat16")
         no_end_of_text(chat16.model)
-        figures["page bf16"] = run(page_path(chat16), ids, args.runs)
+        figures["page pytorch bf16"] = run(page_path(chat16), ids, args.runs)
         get_cache().evict(chat16.source.label)
+        for backend in ("onnx-fp32", "onnx-int8"):
+            started = time.perf_counter()
+            chat = logic.load_chat_model(None, backend=backend)  # converts once, then loads the stored build
+            print(f"{backend}: loaded in {time.perf_counter() - started:.1f} s "
+                  f"({chat.model.nbytes / 2**20:.0f} MiB on disk)")
+            if args.threads:
+                chat.model.session = reload_session(chat.model, args.threads)
+            no_end_of_text(chat.model)
+            figures[f"page {backend}"] = run(page_path(chat), ids, args.runs)
+            get_cache().evict(chat.source.label + f" (ONNX {backend.removeprefix('onnx-')})")
+        default = logic.pick_backend("auto", chat32.source)
     except Exception as error:  # could not measure
         print(f"benchmark failed: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
 
-    onnx_note = "skipped (--skip-onnx)"
-    if not args.skip_onnx:
+    optimum_note = "not measured (pass --optimum)"
+    if args.optimum:
         try:
             from optimum.onnxruntime import ORTModelForCausalLM
 
@@ -156,30 +169,38 @@ def main() -> int:
                 ort_model = ORTModelForCausalLM.from_pretrained(folder)
                 export_s = time.perf_counter() - started
                 no_end_of_text(ort_model)
-                figures["onnxruntime fp32"] = run(plain_generate(ort_model), ids, args.runs)
-                onnx_note = f"exported in {export_s:.0f} s"
-        except Exception as error:  # ONNX is optional: say why it is missing, keep the other figures
-            onnx_note = f"not measured: {type(error).__name__}: {str(error)[:300]}"
+                figures["optimum ort fp32"] = run(plain_generate(ort_model), ids, args.runs)
+                optimum_note = f"exported in {export_s:.0f} s"
+        except Exception as error:  # optional: say why it is missing, keep the other figures
+            optimum_note = f"not measured: {type(error).__name__}: {str(error)[:300]}"
 
     base_ttft, base_rate = figures["generate fp32"]
     print(f"{'way':18} {'TTFT s':>8} {'decode tok/s':>13} {'TTFT ratio':>11} {'decode ratio':>13}")
     for name, (ttft, rate) in figures.items():
         print(f"{name:18} {ttft:8.3f} {rate:13.1f} {ttft / base_ttft:10.2f}x {rate / base_rate:12.2f}x")
-    print(f"ONNX Runtime: {onnx_note}")
-    page_ttft, page_rate = figures["page fp32"]
+    print(f"optimum's ORTModelForCausalLM: {optimum_note}")
+    print(f"the page's default backend here: {default}")
+    page_ttft, page_rate = figures[f"page {default}"]
     print(result_line("page_default_decode_tokens_per_s", page_rate, " tok/s", f">= {DECODE_GOAL:.0f} tok/s",
                       page_rate >= DECODE_GOAL))
-    decode_ratio, ttft_ratio = page_rate / base_rate, page_ttft / base_ttft
-    print(result_line("page_fp32_vs_generate_decode", decode_ratio, "x", ">= 0.90x", decode_ratio >= 0.9))
-    print(result_line("page_fp32_vs_generate_ttft", ttft_ratio, "x", "<= 1.10x", ttft_ratio <= 1.1))
-    bf_ttft, bf_rate = figures["page bf16"]
-    print(result_line("page_bf16_vs_generate_fp32_decode", bf_rate / base_rate, "x", "> 1.00x",
-                      bf_rate / base_rate > 1))
-    if "onnxruntime fp32" in figures:
-        ort_ttft, ort_rate = figures["onnxruntime fp32"]
-        print(result_line("onnxruntime_vs_generate_fp32_decode", ort_rate / base_rate, "x", "> 1.00x",
-                          ort_rate / base_rate > 1))
+    for name, goal in (("page pytorch fp32", 0.9), ("page pytorch bf16", 1.0), ("page onnx-fp32", 1.0),
+                       ("page onnx-int8", 1.0), ("optimum ort fp32", 1.0)):
+        if name in figures:
+            ratio = figures[name][1] / base_rate
+            print(result_line(f"{name.replace(' ', '_').replace('-', '_')}_vs_generate_fp32_decode", ratio, "x",
+                              f">= {goal:.2f}x", ratio >= goal))
+    ttft_ratio = page_ttft / base_ttft
+    print(result_line("page_default_vs_generate_fp32_ttft", ttft_ratio, "x", "<= 1.10x", ttft_ratio <= 1.1))
     return 0
+
+
+def reload_session(lm, threads: int):
+    """The ONNX session again with `threads` intra-op threads (the cache built it with ONNX Runtime's default)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(lm.folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
 
 
 if __name__ == "__main__":

@@ -165,6 +165,8 @@ class ModelCache:
         except Exception as error:
             raise ModelLoadError(f"Could not load {spec.name} ({spec.kind}): {short_reason(error)}") from error
         seconds = time.perf_counter() - started
+        if isinstance(getattr(value, "dtype", None), str):  # a model that says what it holds (an int8 ONNX build)
+            dtype = value.dtype
         # 4. Keep it, then evict the least recently used others until the budget holds.
         nbytes = self.measure(value)
         if nbytes > self.budget_bytes:

@@ -13,6 +13,7 @@ building the page) must stay cheap. Bad input raises ValueError with a message m
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -123,17 +124,24 @@ def pick_backend(backend: str, source: ModelSource) -> str:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     if backend == "pytorch":
         return backend
-    from transformers import AutoConfig
-
     from shared.device import pick_device
-    from shared.onnx_lm import supports
 
-    reason = supports(AutoConfig.from_pretrained(source.location, trust_remote_code=False))
+    reason = onnx_refusal(source.location)
     if backend == "auto":
         return "onnx-int8" if reason is None and pick_device() == "cpu" else "pytorch"
     if reason:
         raise ValueError(f"{source.label}: {reason}. Choose the PyTorch backend for it.")
     return backend
+
+
+@functools.lru_cache(maxsize=32)
+def onnx_refusal(location: str) -> str | None:
+    """Why the ONNX builder cannot convert the model at `location` (None: it can). Reads only its config."""
+    from transformers import AutoConfig
+
+    from shared.onnx_lm import supports
+
+    return supports(AutoConfig.from_pretrained(location, trust_remote_code=False))
 
 
 def load_chat_model(choice: str | None, dtype: str = "auto", backend: str = "pytorch") -> ChatModel:

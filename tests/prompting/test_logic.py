@@ -141,6 +141,44 @@ def test_a_step_is_greedy_or_a_seeded_draw_among_survivors():
     assert draws == [logic.choose_next_token(logits, sampling, step) for step in range(40)]  # replayable
 
 
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.7, 20, 0.9), (1.3, 0, 0.5), (1.0, 5, 1.0), (1.0, 0, 1.0),
+                                                    (0.5, 3, 0.3)])
+def test_the_onnx_sampler_draws_from_the_explorers_last_stage(temperature, top_k, top_p):
+    logits = np.random.default_rng(1).normal(size=300) * 3
+    logits[[10, 11, 12]] = logits.max() + 1  # ties at the top: all survive top-k together
+    ids, probs = logic.sampling_candidates(logits, temperature, top_k, top_p)
+    expected = logic.filter_distribution(logits, temperature, top_k, top_p)["top-p"]
+    assert list(ids) == list(np.flatnonzero(expected))
+    np.testing.assert_allclose(probs, expected[ids], atol=1e-12)
+
+
+def test_the_onnx_sampler_is_seeded_and_its_draws_follow_the_probabilities():
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    settings = logic.SamplingSettings("sampling", temperature=1.0, top_k=3, top_p=1.0)
+    draws = [logic.pick_token(logits, settings, [], np.random.default_rng(5)) for _ in range(3)]
+    assert len(set(draws)) == 1  # one seed, one draw
+    rng = np.random.default_rng(0)
+    counts = np.bincount([logic.pick_token(logits, settings, [], rng) for _ in range(20_000)], minlength=4)
+    np.testing.assert_allclose(counts / counts.sum(), [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0], atol=0.015)
+    assert logic.pick_token(logits, logic.SamplingSettings("greedy"), [], rng) == 0
+
+
+def test_repetition_penalty_matches_transformers_and_leaves_the_logits_alone():
+    import torch
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    logits = np.random.default_rng(2).normal(size=50) * 2
+    history = [3, 7, 7, 20, 41]
+    expected = RepetitionPenaltyLogitsProcessor(1.4)(torch.tensor([history]), torch.tensor(logits[None]))[0]
+    before = logits.copy()
+    np.testing.assert_allclose(logic.apply_repetition_penalty(logits, history, 1.4), expected.numpy(), atol=1e-12)
+    np.testing.assert_array_equal(logits, before)
+    greedy = logic.SamplingSettings("greedy", repetition_penalty=3.0)
+    top_two = np.array([2.0, 1.9, -1.0])
+    assert logic.pick_token(top_two, greedy, [], None) == 0
+    assert logic.pick_token(top_two, greedy, [0], None) == 1  # 2.0 / 3 falls below 1.9
+
+
 @pytest.mark.parametrize("change, message", [
     ({"mode": "beam"}, "mode must be one of"),
     ({"temperature": 0}, "temperature must be between"),
