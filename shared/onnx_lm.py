@@ -263,13 +263,16 @@ _build_lock = threading.Lock()
 
 
 def fingerprint(source: str | os.PathLike, weights: str) -> str:
-    """A key for a build: the source folder's weight files (name, size, mtime), the format, the builder."""
+    """A key for a build: the source folder's config files (contents) and weight files (name, size, mtime),
+    the format and the builder's version."""
     folder = Path(source)
     parts = [str(BUILDER_VERSION), weights, str(folder.resolve())]
     for path in sorted(folder.glob("*")):
-        if path.is_file() and path.suffix in (".safetensors", ".bin", ".json"):
+        if path.is_file() and path.suffix == ".json":
+            parts.append(f"{path.name}:{hashlib.sha256(path.read_bytes()).hexdigest()}")
+        elif path.is_file() and path.suffix in (".safetensors", ".bin"):
             stat = path.stat()
-            parts.append(f"{path.name}:{stat.st_size}:{int(stat.st_mtime)}")
+            parts.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -295,6 +298,9 @@ def stored_build(source: str | os.PathLike, weights: str, load_model: Callable[[
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
+        for old in target.parent.glob(f"{target.name.rsplit('-', 1)[0]}-*"):  # builds of older weights
+            if old != target and old.is_dir() and (old / INFO_FILE).is_file():
+                shutil.rmtree(old, ignore_errors=True)
     return target
 
 

@@ -136,6 +136,11 @@ def test_a_build_is_stored_once_and_a_failed_build_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError, match="halfway"):
         onnx_lm.stored_build(source, "int4", broken, store, name="tiny")
     assert sorted(p.name for p in store.iterdir()) == sorted([first.name, other.name])  # no scratch left behind
+    model.config.rms_norm_eps = 1e-5  # new weights in the source folder: a new build replaces the old one
+    model.save_pretrained(source)
+    newer = onnx_lm.stored_build(source, "int8", load, store, name="tiny")
+    assert newer != first and len(loads) == 3
+    assert sorted(p.name for p in store.iterdir()) == sorted([newer.name, other.name])
 
 
 def test_the_cache_loads_an_onnx_build_of_a_local_folder(tmp_path, monkeypatch):
