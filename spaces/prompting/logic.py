@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import queue
 import random
 import threading
 import time
@@ -32,6 +33,10 @@ from shared.registry import ModelSource, resolve
 MAX_NEW_TOKENS_LIMIT = int(os.environ.get("PLAYGROUND_PROMPTING_MAX_NEW_TOKENS", "512"))
 ICL_MAX_EXAMPLES = int(os.environ.get("PLAYGROUND_PROMPTING_ICL_MAX_N", "400"))
 ICL_MAX_SHOTS = 16
+# Least seconds between streamed updates on the ONNX backends: slower tokens show one by one, faster ones in
+# small groups. The decoder never waits for the page, but each update costs the server (and a local browser)
+# CPU time; on 2 cores, 20 updates/s took SmolLM2's rate in the app from ~55 to ~42 tokens/s, 10/s kept ~53.
+STREAM_INTERVAL = float(os.environ.get("PLAYGROUND_PROMPTING_STREAM_INTERVAL", "0.1"))
 EXPLORER_TOP = 12  # tokens shown in the next-token explorer
 SEED_LIMIT = 2**31 - 1
 MODES = ("greedy", "sampling")
@@ -537,41 +542,73 @@ def stream_generation(chat: ChatModel, prompt_ids: Sequence[int], settings: Samp
 
 def _stream_onnx(chat: ChatModel, prompt_ids: Sequence[int], settings: SamplingSettings,
                  stop: threading.Event) -> Iterator[tuple[str, GenerationStats]]:
-    """stream_generation on ONNX Runtime: this loop is the decoder, one token per step, so Stop (or closing
-    the generator) ends the computation before the next step.
+    """stream_generation on ONNX Runtime. A worker thread is the decoder (one token per step, so Stop ends it
+    before the next step); this generator yields the text as tokens arrive, several at once when the page is
+    slower than the model. Closing it stops and joins the worker; the worker's error is re-raised here.
 
-    1. Prefill the prompt. 2. Pick a token (greedy, or a seeded draw), yield the text. 3. Step; repeat.
+    1. Start the worker: prefill, then pick a token (greedy or a seeded draw) and step, until the end.
+    2. Yield the growing text. 3. Join the worker; re-raise its error.
     """
     lm = chat.model
     eos = lm.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
     rng = np.random.default_rng(settings.seed)
     clock = _TokenClock(time.perf_counter(), chat.backend)
-    history, new_ids, text = list(prompt_ids), [], ""
+    arrived: queue.SimpleQueue[int | None] = queue.SimpleQueue()  # new token ids; None = the run is over
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            history = list(prompt_ids)
+            logits, state = lm.prefill(history)  # the prompt's KV cache and the first token's logits
+            for made in range(1, settings.max_new_tokens + 1):
+                if stop.is_set():
+                    break
+                token = pick_token(logits, settings, history, rng)
+                clock.tick()
+                if token in eos:  # end-of-text ends the run and is not shown, as with the streamer
+                    break
+                arrived.put(token)
+                history.append(token)
+                if made < settings.max_new_tokens:
+                    logits = lm.step(state, token)  # only the new token goes in; the cache holds the rest
+        except BaseException as error:  # re-raised in the caller's thread below
+            failure.append(error)
+        finally:
+            arrived.put(None)
+            _count_generation(-1)
+
+    # 1. Start the decoder in its own thread.
     _count_generation(+1)
+    thread = threading.Thread(target=work, name="prompting-onnx-decode", daemon=True)
+    thread.start()
+    # 2. Yield the text as tokens arrive.
+    new_ids: list[int] = []
+    text, over, completed, shown = "", False, False, 0.0
     try:
-        # 1. Prefill: the prompt's KV cache and the first token's logits.
-        logits, state = lm.prefill(history)
-        while not stop.is_set():
-            # 2. Pick the next token; end-of-text ends the run (and is not shown, as with the streamer).
-            token = pick_token(logits, settings, history, rng)
-            clock.tick()
-            if token in eos:
-                break
-            new_ids.append(token)
-            history.append(token)
-            decoded = chat.tokenizer.decode(new_ids, skip_special_tokens=True)
-            if not decoded.endswith("\ufffd"):  # hold back half a multi-byte character
-                text = decoded
-                yield text, clock.stats(len(prompt_ids), stop.is_set())
-            if len(new_ids) >= settings.max_new_tokens:
-                break
-            # 3. One step: only the new token goes in; the cache holds the rest.
-            logits = lm.step(state, token)
+        while not over:
+            batch = [arrived.get()]
+            time.sleep(max(0.0, shown + STREAM_INTERVAL - time.perf_counter()))  # let a few tokens gather
+            while not arrived.empty():
+                batch.append(arrived.get())
+            if None in batch:
+                over, batch = True, batch[:batch.index(None)]
+            if batch:
+                new_ids += batch
+                decoded = chat.tokenizer.decode(new_ids, skip_special_tokens=True)
+                if not decoded.endswith("\ufffd"):  # hold back half a multi-byte character
+                    text = decoded
+                    shown = time.perf_counter()
+                    yield text, clock.stats(len(prompt_ids), stop.is_set())
+        completed = True
     finally:
-        _count_generation(-1)
-    text = chat.tokenizer.decode(new_ids, skip_special_tokens=True)
-    yield text, clock.stats(len(prompt_ids), stop.is_set())
+        # 3. However we leave (done, Stop, or the page closing this generator), end the decoder and join it.
+        if not completed:
+            stop.set()
+        thread.join()
+    if failure:
+        raise failure[0]
+    yield chat.tokenizer.decode(new_ids, skip_special_tokens=True), clock.stats(len(prompt_ids), stop.is_set())
 
 
 def apply_repetition_penalty(logits: np.ndarray, history: Sequence[int], penalty: float) -> np.ndarray:

@@ -118,7 +118,10 @@ def generate(model, backend, instruction, examples, shots, query, mode, temperat
         text, stats = "", logic.GenerationStats(prompt_tokens=len(prompt.ids))
         yield prompt.text, prompt.summary, text, stats.describe(), settings.seed, recipe, call
         for text, stats in logic.stream_generation(chat, prompt.ids, settings, stop):
-            yield prompt.text, prompt.summary, text, stats.describe(), settings.seed, recipe, call
+            # Only the text and the stats change while streaming; skipping the rest keeps each update cheap.
+            yield gr.skip(), gr.skip(), text, stats.describe(), gr.skip(), gr.skip(), gr.skip()
+        # The last update carries every output, so an API caller's result is complete.
+        yield prompt.text, prompt.summary, text, stats.describe(), settings.seed, recipe, call
     finally:
         logic.release_stop(session_key(request), stop)
 
