@@ -144,9 +144,14 @@ def onnx_refusal(location: str) -> str | None:
     """Why the ONNX builder cannot convert the model at `location` (None: it can). Reads only its config."""
     from transformers import AutoConfig
 
+    from shared.cache import short_reason
     from shared.onnx_lm import supports
 
-    return supports(AutoConfig.from_pretrained(location, trust_remote_code=False))
+    try:
+        config = AutoConfig.from_pretrained(location, trust_remote_code=False)
+    except Exception as error:  # not a model, no network, a gated repo: say so rather than fail later
+        raise ValueError(f"Could not read the configuration of {location}: {short_reason(error)}") from error
+    return supports(config)
 
 
 def load_chat_model(choice: str | None, dtype: str = "auto", backend: str = "pytorch") -> ChatModel:
