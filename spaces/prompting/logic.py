@@ -13,6 +13,7 @@ building the page) must stay cheap. Bad input raises ValueError with a message m
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -477,6 +478,35 @@ def request_stop(key: str) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _decoding_in(work: Callable[[], None], stop: threading.Event, name: str) -> Iterator[threading.Thread]:
+    """Run `work` (a decoder) in its own thread, counted by active_generations, while the block streams what
+    it makes. Leaving the block early (Stop, or the page closing the stream) sets `stop` so the decoder ends
+    at its next token; the thread is always joined, and its error is re-raised here when the block ends."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as error:  # re-raised in the caller's thread below
+            failure.append(error)
+        finally:
+            _count_generation(-1)
+
+    _count_generation(+1)
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    try:
+        yield thread
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        thread.join()
+    if failure:
+        raise failure[0]
+
+
 def stream_generation(chat: ChatModel, prompt_ids: Sequence[int], settings: SamplingSettings,
                       stop: threading.Event | None = None) -> Iterator[tuple[str, GenerationStats]]:
     """Yield (text so far, stats) as `generate` streams. Setting `stop`, or closing this generator, ends
@@ -498,7 +528,6 @@ def stream_generation(chat: ChatModel, prompt_ids: Sequence[int], settings: Samp
     input_ids = torch.tensor([list(prompt_ids)], device=chat.model.device)
     streamer = TextIteratorStreamer(chat.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=0.2)
     watch = _StopAndTime(stop, time.perf_counter())
-    failure: list[BaseException] = []
     pad_id = chat.model.generation_config.pad_token_id
     if pad_id is None:
         pad_id = chat.model.generation_config.eos_token_id
@@ -510,38 +539,25 @@ def stream_generation(chat: ChatModel, prompt_ids: Sequence[int], settings: Samp
                 chat.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
                                     stopping_criteria=StoppingCriteriaList([watch]), pad_token_id=pad_id,
                                     **settings.generate_kwargs())
-        except BaseException as error:  # re-raised in the caller's thread below
-            failure.append(error)
-            streamer.end()
-        finally:
-            _count_generation(-1)
+        except BaseException:
+            streamer.end()  # wake the loop below; the error reaches the caller through _decoding_in
+            raise
 
-    # 2. Start generate in its own thread.
-    _count_generation(+1)
-    thread = threading.Thread(target=work, name="prompting-generate", daemon=True)
-    thread.start()
-    # 3. Stream the text as it comes.
-    text, completed = "", False
-    try:
+    # 2. Start generate in its own thread; 4. (on leaving the block) join it and re-raise its error.
+    text = ""
+    with _decoding_in(work, stop, "prompting-generate") as thread:
+        # 3. Stream the text as it comes.
         while True:
             try:
                 chunk = next(streamer)
             except StopIteration:
                 break
-            except Exception:  # queue.Empty: nothing new within the timeout
+            except queue.Empty:  # nothing new within the timeout
                 if not thread.is_alive() and streamer.text_queue.empty():
                     break
                 continue
             text += chunk
             yield text, watch.stats(len(input_ids[0]), stop.is_set())
-        completed = True
-    finally:
-        # 4. However we leave (done, Stop, or the visitor's page closing this generator), end generate and join.
-        if not completed:
-            stop.set()
-        thread.join()
-    if failure:
-        raise failure[0]
     yield text, watch.stats(len(input_ids[0]), stop.is_set())
 
 
@@ -560,7 +576,6 @@ def _stream_onnx(chat: ChatModel, prompt_ids: Sequence[int], settings: SamplingS
     rng = np.random.default_rng(settings.seed)
     clock = _TokenClock(time.perf_counter(), chat.backend)
     arrived: queue.SimpleQueue[int | None] = queue.SimpleQueue()  # new token ids; None = the run is over
-    failure: list[BaseException] = []
 
     def work() -> None:
         try:
@@ -577,20 +592,14 @@ def _stream_onnx(chat: ChatModel, prompt_ids: Sequence[int], settings: SamplingS
                 history.append(token)
                 if made < settings.max_new_tokens:
                     logits = lm.step(state, token)  # only the new token goes in; the cache holds the rest
-        except BaseException as error:  # re-raised in the caller's thread below
-            failure.append(error)
         finally:
             arrived.put(None)
-            _count_generation(-1)
 
-    # 1. Start the decoder in its own thread.
-    _count_generation(+1)
-    thread = threading.Thread(target=work, name="prompting-onnx-decode", daemon=True)
-    thread.start()
-    # 2. Yield the text as tokens arrive.
+    # 1. Start the decoder in its own thread; 3. (on leaving the block) join it and re-raise its error.
     new_ids: list[int] = []
-    text, over, completed, shown = "", False, False, 0.0
-    try:
+    over, shown = False, 0.0
+    with _decoding_in(work, stop, "prompting-onnx-decode"):
+        # 2. Yield the text as tokens arrive.
         while not over:
             batch = [arrived.get()]
             time.sleep(max(0.0, shown + STREAM_INTERVAL - time.perf_counter()))  # let a few tokens gather
@@ -600,19 +609,10 @@ def _stream_onnx(chat: ChatModel, prompt_ids: Sequence[int], settings: SamplingS
                 over, batch = True, batch[:batch.index(None)]
             if batch:
                 new_ids += batch
-                decoded = chat.tokenizer.decode(new_ids, skip_special_tokens=True)
-                if not decoded.endswith("\ufffd"):  # hold back half a multi-byte character
-                    text = decoded
+                text = chat.tokenizer.decode(new_ids, skip_special_tokens=True)
+                if not text.endswith("\ufffd"):  # hold back half a multi-byte character
                     shown = time.perf_counter()
                     yield text, clock.stats(len(prompt_ids), stop.is_set())
-        completed = True
-    finally:
-        # 3. However we leave (done, Stop, or the page closing this generator), end the decoder and join it.
-        if not completed:
-            stop.set()
-        thread.join()
-    if failure:
-        raise failure[0]
     yield chat.tokenizer.decode(new_ids, skip_special_tokens=True), clock.stats(len(prompt_ids), stop.is_set())
 
 

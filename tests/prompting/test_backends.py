@@ -110,3 +110,29 @@ def test_a_model_the_onnx_builder_cannot_convert_falls_back_to_pytorch(tmp_path,
         logic.pick_backend("tensorrt", source)
     with pytest.raises(ValueError, match="Could not read the configuration"):
         logic.onnx_refusal(str(tmp_path / "missing"))
+
+
+class FailingSteps:
+    """The real ONNX model, except that its third step fails: as running out of memory halfway would."""
+
+    def __init__(self, lm):
+        self.lm, self.steps = lm, 0
+        self.generation_config, self.config = lm.generation_config, lm.config
+
+    def prefill(self, ids):
+        return self.lm.prefill(ids)
+
+    def step(self, state, token):
+        self.steps += 1
+        if self.steps == 3:
+            raise MemoryError("no memory for the next step")
+        return self.lm.step(state, token)
+
+
+def test_an_error_in_the_decoder_reaches_the_caller_and_the_thread_ends(models):
+    chat = models["onnx-int8"]
+    failing = logic.ChatModel(chat.source, chat.tokenizer, FailingSteps(chat.model), "onnx-int8")
+    stream = logic.stream_generation(failing, chat_ids(chat, STORY), logic.SamplingSettings(max_new_tokens=50))
+    with pytest.raises(MemoryError, match="no memory"):
+        list(stream)
+    assert logic.active_generations() == 0
