@@ -171,6 +171,7 @@ def main() -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         from shared.cache import get_cache
+        from shared.onnx_lm import OnnxCausalLM
         from spaces.prompting import logic
 
         chat32 = logic.load_chat_model(None, dtype="float32")
@@ -191,8 +192,8 @@ def main() -> int:
             chat = logic.load_chat_model(None, backend=backend)  # converts once, then loads the stored build
             print(f"{backend}: loaded in {time.perf_counter() - started:.1f} s "
                   f"({chat.model.nbytes / 2**20:.0f} MiB on disk)")
-            if args.threads:
-                chat.model.session = reload_session(chat.model, args.threads)
+            if args.threads:  # the cache opened it with ONNX Runtime's default thread count
+                chat.model = OnnxCausalLM(chat.model.folder, threads=args.threads)
             no_end_of_text(chat.model)
             figures[f"page {backend}"] = run(page_path(chat), ids, args.runs)
             get_cache().evict(chat.source.label + f" (ONNX {backend.removeprefix('onnx-')})")
@@ -241,15 +242,6 @@ def main() -> int:
     ttft_ratio = page_ttft / base_ttft
     print(result_line("page_default_vs_generate_fp32_ttft", ttft_ratio, "x", "<= 1.10x", ttft_ratio <= 1.1))
     return 0
-
-
-def reload_session(lm, threads: int):
-    """The ONNX session again with `threads` intra-op threads (the cache built it with ONNX Runtime's default)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(lm.folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
 
 
 if __name__ == "__main__":

@@ -61,10 +61,17 @@ def supports(config: Any) -> str | None:
         return "the ONNX Runtime backend does not do sliding-window attention"
     if model_type == "qwen2" and getattr(config, "use_sliding_window", False):
         return "the ONNX Runtime backend does not do sliding-window attention"
-    rope_type = (getattr(config, "rope_scaling", None) or {}).get("rope_type", "default")
-    if rope_type not in STATIC_ROPE_TYPES:
-        return f"the ONNX Runtime backend does not do {rope_type!r} rotary scaling"
+    if rope_type(config) not in STATIC_ROPE_TYPES:
+        return f"the ONNX Runtime backend does not do {rope_type(config)!r} rotary scaling"
     return None
+
+
+def head_dim(config: Any) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def rope_type(config: Any) -> str:
+    return (getattr(config, "rope_scaling", None) or {}).get("rope_type", "default")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -134,14 +141,14 @@ def rotary_tables(config: Any) -> tuple[np.ndarray, np.ndarray]:
     """cos and sin of position x frequency, [max positions, head_dim / 2], as transformers computes them."""
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    rope_type = (getattr(config, "rope_scaling", None) or {}).get("rope_type", "default")
-    if rope_type == "default":
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kind = rope_type(config)
+    if kind == "default":
+        size = head_dim(config)
         base = getattr(config, "rope_theta", 10000.0)
-        inv_freq = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+        inv_freq = 1.0 / (base ** (np.arange(0, size, 2, dtype=np.float64) / size))
         scaling = 1.0
     else:
-        inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu")
+        inv_freq, scaling = ROPE_INIT_FUNCTIONS[kind](config, "cpu")
         inv_freq = inv_freq.double().numpy()
     angles = np.outer(np.arange(config.max_position_embeddings, dtype=np.float64), inv_freq)
     return (np.cos(angles) * scaling).astype(np.float32), (np.sin(angles) * scaling).astype(np.float32)
@@ -163,7 +170,7 @@ def build_graph(model: Any, weights: str = "int8"):
     if reason:
         raise ValueError(reason)
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    head_size = head_dim(config)
     eps = float(config.rms_norm_eps)
     g = _Graph(weights)
     # 2. Inputs: token ids, the KV cache of each layer, and where the sequence ends.
@@ -175,9 +182,9 @@ def build_graph(model: Any, weights: str = "int8"):
     for i in range(len(layers)):
         for part in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past.{i}.{part}", TensorProto.FLOAT,
-                                                        [1, kv_heads, "past_sequence", head_dim]))
+                                                        [1, kv_heads, "past_sequence", head_size]))
             outputs.append(helper.make_tensor_value_info(f"present.{i}.{part}", TensorProto.FLOAT,
-                                                         [1, kv_heads, "total_sequence", head_dim]))
+                                                         [1, kv_heads, "total_sequence", head_size]))
     cos, sin = rotary_tables(config)
     g.constant("cos_cache", cos)
     g.constant("sin_cache", sin)
@@ -199,7 +206,7 @@ def build_graph(model: Any, weights: str = "int8"):
                            "cos_cache", "sin_cache"],
                           [f"l{i}/attn", f"present.{i}.key", f"present.{i}.value"], f"l{i}/gqa",
                           domain="com.microsoft", num_heads=heads, kv_num_heads=kv_heads, do_rotary=1,
-                          rotary_interleaved=0, scale=1.0 / math.sqrt(head_dim))[0]
+                          rotary_interleaved=0, scale=1.0 / math.sqrt(head_size))[0]
         branch = g.linear(attended, _array(attn.o_proj.weight), _array(attn.o_proj.bias), f"l{i}/o")
         normed, residual = _rms_norm(g, residual, branch, _array(layer.post_attention_layernorm.weight), eps,
                                      f"l{i}/norm2")
@@ -342,9 +349,7 @@ class OnnxCausalLM:
         self.session = ort.InferenceSession(str(self.folder / MODEL_FILE), options,
                                             providers=["CPUExecutionProvider"])
         self.layers = self.config.num_hidden_layers
-        self.kv_shape = (1, self.config.num_key_value_heads, 0,
-                         getattr(self.config, "head_dim", None) or
-                         self.config.hidden_size // self.config.num_attention_heads)
+        self.kv_shape = (1, self.config.num_key_value_heads, 0, head_dim(self.config))
         self.nbytes = sum(p.stat().st_size for p in self.folder.iterdir() if p.name.startswith(MODEL_FILE))
         self.device = "cpu"
         self.dtype = "float32" if self.weights == "fp32" else f"{self.weights} weights"
