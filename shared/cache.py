@@ -7,7 +7,9 @@
 - Models are kept in least-recently-used order; when the bytes held would pass the memory budget
   (PLAYGROUND_MEMORY_BUDGET_GB), the least recently used are evicted first.
 - Device and dtype are chosen at run time (shared/device.py) unless the spec names them.
-- Loaders are plain functions registered per *kind* (shared/loaders.py); a page may register its own.
+- Loaders are plain functions registered per *kind* with `register_loader`: shared/loaders.py registers the
+  standard kinds when imported (`import shared.loaders`); a page may register its own. This module imports
+  no loader: the cache is the mechanism, the loaders plug into it.
 - A load that fails raises ModelLoadError, whose message is meant for the visitor; the cache stays usable.
 """
 
@@ -204,6 +206,15 @@ class ModelCache:
             self._release_memory()
         return [s.name for s in victims]
 
+    def forget_source(self, source: str) -> list[str]:
+        """Drop every entry loaded from `source` (its files were replaced); returns the names dropped.
+        Whoever holds a dropped model keeps a working copy; the next `get` loads the new files."""
+        with self._lock:
+            victims = [s for s in self._entries if s.source == source]
+            for spec in victims:
+                del self._entries[spec]
+        return [s.name for s in victims]
+
     def contains(self, spec: LoadSpec) -> bool:
         with self._lock:
             return spec in self._entries
@@ -227,16 +238,29 @@ class ModelCache:
             torch.cuda.empty_cache()
 
 
+_loaders: dict[str, Loader] = {}  # kind -> loader, for the process-wide cache
 _cache: ModelCache | None = None
 _cache_lock = threading.Lock()
 
 
+def register_loader(kind: str, loader: Loader) -> None:
+    """Make `kind` loadable by the process-wide cache (now, or when it is first made)."""
+    with _cache_lock:
+        _loaders[kind] = loader
+        if _cache is not None:
+            _cache.register(kind, loader)
+
+
+def loader_kinds() -> set[str]:
+    """The kinds a LoadSpec may name now: a role whose kind is missing cannot be loaded yet."""
+    with _cache_lock:
+        return set(_loaders)
+
+
 def get_cache() -> ModelCache:
-    """The process-wide cache, with the standard loaders registered."""
+    """The process-wide cache, with every loader registered so far."""
     global _cache
     with _cache_lock:
         if _cache is None:
-            from shared.loaders import STANDARD_LOADERS
-
-            _cache = ModelCache(loaders=STANDARD_LOADERS)
+            _cache = ModelCache(loaders=_loaders)
         return _cache

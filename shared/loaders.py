@@ -1,4 +1,5 @@
 """Loader functions for the model cache, one per kind. Each takes (spec, device, dtype) and returns the object.
+Importing this module registers them with the process-wide cache (`import shared.loaders`).
 
 They load with safetensors where the weights offer it (transformers prefers them), straight onto the
 device (`device_map`) so the CPU never holds a second copy, and never with `trust_remote_code`.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.cache import LoadSpec, Loader
+from shared.cache import LoadSpec, Loader, register_loader
 from shared.device import torch_dtype
 
 
@@ -67,3 +68,6 @@ STANDARD_LOADERS: dict[str, Loader] = {
     "encoder": load_pretrained("AutoModel"),
     "sequence-classifier": load_pretrained("AutoModelForSequenceClassification"),
 }
+
+for _kind, _loader in STANDARD_LOADERS.items():
+    register_loader(_kind, _loader)

@@ -4,11 +4,23 @@ A role (chat LM, encoder, CLIP, diffusion) has a hub default, other hub choices,
 offline fallback built from a pip or Debian package (see shared/assets.py). `resolve()` turns a role and
 an optional visitor choice into a `ModelSource`: a hub id when the hub is reachable, else a folder on the
 local allow-list. Visitor text is never used as a path.
+
+Models a page saves (a fine-tuned classifier, later a small CLIP or Stable Diffusion) go through
+`save_local_model`: written into a temporary folder, given a manifest (`playground-model.json`: name, role,
+source run, time), then renamed into `PLAYGROUND_HOME/models/<name>` in one step. On the first lookup after
+a start, every folder there with a manifest is offered again.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
+import tempfile
 import threading
+import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -55,8 +67,12 @@ class ModelSource:
     origin: Literal["hub", "offline", "local"]
 
 
+MANIFEST = "playground-model.json"
+log = logging.getLogger("playground.registry")
+
 _local_models: dict[str, tuple[Path, str]] = {}  # name -> (folder, role): models the app saved (a fine-tuned classifier)
-_local_lock = threading.Lock()
+_local_lock = threading.RLock()
+_restored_from: Path | None = None  # the models folder already read at start
 
 
 def check_local_name(name: str) -> str:
@@ -76,15 +92,88 @@ def register_local(name: str, folder: Path, role: str) -> str:
     get_role(role)
     check_local_name(name)
     folder = Path(folder).resolve()
-    if not (folder / "config.json").exists() and not (folder / "model_index.json").exists():
+    if not is_model_folder(folder):
         raise ValueError(f"{folder} is not a saved model folder (no config.json or model_index.json)")
     with _local_lock:
         _local_models[name] = (folder, role)
     return LOCAL_PREFIX + name
 
 
+def models_dir() -> Path:
+    return read_settings().home / "models"
+
+
+def is_model_folder(folder: Path) -> bool:
+    return (folder / "config.json").exists() or (folder / "model_index.json").exists()
+
+
+def restore_saved_models() -> list[str]:
+    """Register every saved model under PLAYGROUND_HOME/models that has a valid manifest (once per folder);
+    returns their labels. Half-written saves left by a crash are removed."""
+    global _restored_from
+    root = models_dir()
+    with _local_lock:
+        if _restored_from == root:
+            return []
+        _restored_from = root
+        labels = []
+        for folder in sorted(root.glob("*")) if root.is_dir() else []:
+            if folder.name.startswith("."):  # .saving-* / .replaced-*: an interrupted save
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            try:
+                manifest = json.loads((folder / MANIFEST).read_text())
+                labels.append(register_local(manifest["name"], folder, manifest["role"]))
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                log.warning("not offering %s: no valid %s (%s)", folder, MANIFEST, error)
+        return labels
+
+
+def save_local_model(name: str, role: str, write: Callable[[Path], None], source_run: str = "") -> str:
+    """Save a model the app made as `local:<name>` for `role`, so that it survives a restart; returns the label.
+
+    1. Check the name and role. 2. `write(folder)` fills a fresh temporary folder beside the saved models.
+    3. Write the manifest. 4. Move an older model of that name aside, rename the new one into place, register
+    it, and remove the old files. A loaded copy of the old model keeps working (its weights are in memory);
+    the model cache forgets it, so the next load reads the new files.
+    """
+    # 1. Check.
+    get_role(role)
+    check_local_name(name)
+    root = models_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    # 2-3. Write everything into a temporary folder: a crash leaves no half-saved model under the name.
+    temporary = Path(tempfile.mkdtemp(prefix=f".saving-{name}-", dir=root))
+    replaced = None
+    try:
+        write(temporary)
+        if not is_model_folder(temporary):
+            raise ValueError(f"saving {name!r} wrote no config.json or model_index.json")
+        manifest = {"name": name, "role": role, "source_run": source_run,
+                    "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (temporary / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        # 4. Swap it into place.
+        target = root / name
+        with _local_lock:
+            if target.exists():
+                replaced = root / f".replaced-{name}-{uuid.uuid4().hex[:8]}"
+                target.rename(replaced)
+            temporary.rename(target)
+            label = register_local(name, target, role)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    if replaced is not None:
+        from shared.cache import get_cache
+
+        get_cache().forget_source(str(target.resolve()))
+        shutil.rmtree(replaced, ignore_errors=True)
+    return label
+
+
 def local_names(role: str | None = None) -> list[str]:
     """The `local:` labels a visitor may choose (for one role, or all): offline assets and registered folders."""
+    restore_saved_models()
     offline = [LOCAL_PREFIX + r.offline_asset for r in ROLES.values() if r.offline_asset and role in (None, r.name)]
     with _local_lock:
         saved = [LOCAL_PREFIX + n for n, (_, r) in sorted(_local_models.items()) if role in (None, r)]
@@ -105,6 +194,7 @@ def resolve_local(label: str) -> ModelSource:
         except assets.AssetUnavailable as error:
             raise ValueError(str(error)) from None
         return ModelSource(label, str(folder), "offline")
+    restore_saved_models()
     with _local_lock:
         folder, _ = _local_models.get(name, (None, None))
     if folder is None:

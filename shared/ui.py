@@ -1,4 +1,5 @@
-"""What every page's UI shares: page descriptions, event concurrency, the one error pattern, the launch.
+"""What every page's UI shares: page descriptions, event concurrency, the one error pattern, progress,
+plots and tables, the launch options.
 
 - Heavy events (loading a model, generating, training) run in one concurrency group of one, so two
   visitors cannot each load a large model at once: `**HEAVY`. Light events (tokenizing, plotting,
@@ -6,6 +7,11 @@
 - Page logic raises ValueError (or ModelLoadError / AssetUnavailable) with a message for the visitor;
   `@visitor_errors` turns those into `gr.Error`, and anything unexpected into a short gr.Error while
   the full trace goes to the server log. The app stays up either way.
+- Logic reports progress as `progress(fraction, text)` (shared/jobs.py); `gradio_progress` adapts a
+  `gr.Progress` to that shape.
+- Plots come from `line_chart` (an Altair chart for `gr.Plot`): integer axes for steps and counts, two or three
+  significant digits, lines with points (a one-point run still shows), intervals as error bars. `table` makes read-only tables whose headers
+  never wrap letter by letter.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 
@@ -29,6 +36,7 @@ VISITOR_ERRORS = (ValueError, ModelLoadError, AssetUnavailable)
 THEME = gr.themes.Soft()
 CSS = """
 .playground-note {font-size: 0.9em; opacity: 0.8}
+.altair .vega-embed {display: block; width: 100%}  /* charts of width "container" fill their column */
 """
 
 
@@ -72,6 +80,68 @@ def visitor_errors(fn: Callable) -> Callable:
             raise to_gradio_error(error) from error
 
     return wrapper
+
+
+def session_key(request: gr.Request | None) -> str:
+    """The visitor's session: what shared/jobs.py keys a Stop on."""
+    from shared.jobs import NO_SESSION
+
+    return getattr(request, "session_hash", None) or NO_SESSION
+
+
+def gradio_progress(progress: gr.Progress):
+    """A `progress(fraction, text)` callback (shared/jobs.Progress) that drives Gradio's progress bar."""
+
+    def report(fraction: float, text: str) -> None:
+        progress(fraction, desc=text)
+
+    return report
+
+
+# ---- plots and tables ------------------------------------------------------------------------------------
+
+PLOT_HEIGHT = 240
+PLOT_WIDTH = "container"  # fill the plot's column
+
+
+def line_chart(frame, x: str, y: str, color: str | None = None, title: str = "", *, low: str | None = None,
+               high: str | None = None, x_integer: bool = True, y_format: str = ".3~g",
+               y_domain: tuple[float, float] | None = None, height: int = PLOT_HEIGHT):
+    """A line chart with a point at every value, for `gr.Plot`.
+
+    `x_integer`: ticks on whole numbers only (steps, shots, epochs). `y_format`: a d3 format, three significant
+    digits by default. `low`/`high`: columns with an interval drawn as an error bar at each point.
+    `y_domain`: a fixed scale (accuracies: (0, 1)); otherwise it fits the data, without forcing zero in.
+    None when there is nothing to draw, so `gr.Plot` shows its empty state rather than bare axes.
+    """
+    import altair as alt
+
+    if len(frame) == 0:
+        return None
+    x_axis = alt.Axis(format="d", tickMinStep=1) if x_integer else alt.Axis(format="~g")
+    y_scale = alt.Scale(domain=list(y_domain)) if y_domain else alt.Scale(zero=False)
+    encoding: dict[str, Any] = {
+        "x": alt.X(field=x, type="quantitative", axis=x_axis, title=x),
+        "y": alt.Y(field=y, type="quantitative", axis=alt.Axis(format=y_format), scale=y_scale, title=y),
+        "tooltip": [alt.Tooltip(field=x, type="quantitative", format="d" if x_integer else "~g"),
+                    alt.Tooltip(field=y, type="quantitative", format=y_format)],
+    }
+    if color:
+        encoding["color"] = alt.Color(field=color, type="nominal", title=None, legend=alt.Legend(orient="bottom"))
+    base = alt.Chart(frame)
+    chart = base.mark_line(point=alt.OverlayMarkDef(size=40, filled=True), clip=True).encode(**encoding)
+    if low and high:
+        bars = base.mark_errorbar(ticks=True).encode(
+            x=encoding["x"], y=alt.Y(field=low, type="quantitative", scale=y_scale, title=y), y2=alt.Y2(field=high),
+            **({"color": encoding["color"]} if color else {}))
+        chart = alt.layer(bars, chart)
+    return chart.properties(title=title, height=height, width=PLOT_WIDTH)
+
+
+def table(headers: list[str], label: str, **kwargs) -> gr.Dataframe:
+    """A read-only table of figures. Cells do not wrap, so each column is as wide as its header and values
+    (wrapping squeezed a many-column table's headers to a letter a line); a wide table scrolls sideways."""
+    return gr.Dataframe(headers=headers, label=label, interactive=False, wrap=False, **kwargs)
 
 
 def launch_kwargs() -> dict:

@@ -5,23 +5,35 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 from gradio_client.exceptions import AppError
 
 from shared import registry
-from tests.conftest import REPO_ROOT, free_port
+from shared.launch import app_process
+from tests.conftest import REPO_ROOT
 
 
 def table(value) -> list[list]:
     return value["data"]
 
 
-def test_every_event_has_an_api_name(client):
+def test_every_event_of_every_page_has_a_page_prefixed_api_name_and_named_parameters(client):
+    import app
+
+    demo = app.build_app(list(app.TOPIC_PAGES))
+    pages = ["home", *app.available_pages(list(app.TOPIC_PAGES))]
+    unnamed = [fn.name for fn in demo.fns.values() if not fn.api_name]
+    assert unnamed == [], f"events without an api_name: {unnamed}"
+    foreign = [fn.api_name for fn in demo.fns.values() if fn.api_name.split("_")[0] not in pages]
+    assert foreign == [], f"api_names without their page's prefix: {foreign}"
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert {"/home_environment", "/home_refresh", "/home_load", "/home_evict"} <= set(endpoints)
+    assert {f"/{fn.api_name}" for fn in demo.fns.values() if fn.api_visibility == "public"} <= set(endpoints)
+    positional = {name: [p["parameter_name"] for p in endpoint["parameters"]]
+                  for name, endpoint in endpoints.items()
+                  if any(p["parameter_name"].startswith("param_") for p in endpoint["parameters"])}
+    assert positional == {}, f"endpoints whose parameters have no names: {positional}"
 
 
 def test_heavy_events_share_one_group_and_light_ones_do_not():
@@ -63,7 +75,8 @@ def test_hub_model_offline_gets_a_clear_message(client):
         client.predict("chat-lm", "gpt2", api_name="/home_load")
 
 
-def test_a_model_that_fails_to_load_leaves_the_app_up(client, tmp_path):
+def test_a_model_that_fails_to_load_leaves_the_app_up(client, tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "_local_models", dict(registry._local_models))  # forgotten after the test
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
     label = registry.register_local("broken-model", tmp_path, role="encoder")
     with pytest.raises(AppError, match="Could not load local:broken-model"):
@@ -75,25 +88,11 @@ def test_a_model_that_fails_to_load_leaves_the_app_up(client, tmp_path):
 @pytest.mark.parametrize("command", [["app.py"], ["-m", "spaces.home"]], ids=["app", "home-alone"])
 def test_the_app_and_a_page_alone_start_offline(command):
     """`python app.py` (behind `make run`) and `python -m spaces.<page>` serve their first page."""
-    port = free_port()
-    process = subprocess.Popen([sys.executable, *command, "--offline", "--port", str(port)], cwd=REPO_ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
-                break
-            except OSError:
-                assert process.poll() is None, process.stdout.read()
-                assert time.time() < deadline, "the app did not serve its first page"
-                time.sleep(0.2)
+    with app_process(command) as (_, url, _):
+        page = urllib.request.urlopen(url, timeout=5).read().decode()
         assert "Transformer Playground" in page
-        config = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5).read())
+        config = json.loads(urllib.request.urlopen(f"{url}config", timeout=5).read())
         assert config["title"] == "Transformer Playground"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_no_model_and_no_torch_at_build_time():

@@ -1,8 +1,10 @@
 """Training runs in the background, and what a learner does with a finished one (no Gradio).
 
-A run is `train.train()` in a thread; its events fill the run's live history, which the page polls.
-Stopping sets the run's Event: training ends at the next step and keeps its best checkpoint.
-Runs live in this process (one table per session on the page); their files under PLAYGROUND_HOME/runs.
+A run is `train.train()` as a background job (shared/jobs.py, name "finetune-train", keyed by the visitor's
+session); its events fill the run's live history, which the page polls. Stopping sets the job's Event:
+training ends at the next step and keeps its best checkpoint. A failed run keeps its error (the trace goes
+to the server log). Runs live in this process (one table per session on the page); their files under
+PLAYGROUND_HOME/runs.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared import jobs
 from shared.cache import short_reason
-from shared.registry import check_local_name, register_local
+from shared.registry import save_local_model
 from shared.settings import read_settings
 from spaces.finetune.train import TrainConfig, train
+
+JOB_NAME = "finetune-train"
 
 MAX_RUNS_KEPT = 20  # finished runs kept in memory (their models are small, but not free)
 _counter = itertools.count(1)
@@ -27,9 +32,7 @@ _counter = itertools.count(1)
 class Run:
     id: str
     config: TrainConfig
-    stop: threading.Event = field(default_factory=threading.Event)
-    status: str = "starting"  # starting | running | done | stopped | failed
-    error: str = ""
+    job: jobs.Job | None = None  # the training thread; None until started
     trainable: int = 0
     total: int = 0
     step: int = 0
@@ -40,22 +43,39 @@ class Run:
     eval_steps: list[int] = field(default_factory=list)
     accuracies: list[float] = field(default_factory=list)
     test_accuracy: dict[str, float] = field(default_factory=dict)
-    results: dict | None = None
     started: float = field(default_factory=time.time)
-    thread: threading.Thread | None = None
 
     @property
     def folder(self) -> Path:
         return read_settings().home / "runs" / self.id
 
     @property
+    def status(self) -> str:
+        """starting (loading model and data) | running | done | stopped | failed"""
+        if self.job is not None and self.job.finished:
+            return self.job.status
+        return "running" if self.total else "starting"
+
+    @property
     def finished(self) -> bool:
         return self.status in ("done", "stopped", "failed")
+
+    @property
+    def stop(self) -> threading.Event:
+        return self.job.stop
+
+    @property
+    def results(self) -> dict | None:
+        return self.job.result if self.job is not None else None
+
+    @property
+    def error(self) -> str:
+        return short_reason(self.job.error) if self.job is not None and self.job.error else ""
 
     def record(self, event: dict) -> None:
         kind = event["type"]
         if kind == "parameters":
-            self.trainable, self.total, self.status = event["trainable"], event["total"], "running"
+            self.trainable, self.total = event["trainable"], event["total"]
         elif kind == "step":
             self.step, self.total_steps, self.eta = event["step"], event["total_steps"], event["eta"]
             self.steps.append(event["step"])
@@ -82,26 +102,21 @@ RUNS: dict[str, Run] = {}
 _runs_lock = threading.Lock()
 
 
-def start_run(config: TrainConfig) -> Run:
-    """Check the config, then train in a background thread; returns at once with the live Run."""
+def start_run(config: TrainConfig, key: str = "") -> Run:
+    """Check the config, then train as a background job of session `key`; returns at once with the live Run."""
     config.check()
     run = Run(id=f"run-{next(_counter)}-{config.method}", config=config)
     config.output_dir = str(run.folder)
 
-    def work() -> None:
-        try:
-            run.results = train(config, on_event=run.record, stop=run.stop)
-            run.status = "stopped" if run.results["stopped"] else "done"
-        except Exception as error:  # shown to the visitor as the run's status
-            run.status, run.error = "failed", short_reason(error)
+    def work(stop: threading.Event) -> dict:
+        return train(config, on_event=run.record, stop=stop)
 
-    run.thread = threading.Thread(target=work, name=run.id, daemon=True)
     with _runs_lock:
         RUNS[run.id] = run
         finished = [r for r in RUNS.values() if r.finished]
         for old in finished[: max(0, len(finished) - MAX_RUNS_KEPT)]:
             del RUNS[old.id]
-    run.thread.start()
+        run.job = jobs.start(work, name=JOB_NAME, key=key)
     return run
 
 
@@ -114,12 +129,11 @@ def get_run(run_id: str | None, finished: bool = False) -> Run:
     return run
 
 
-def stop_run(run_id: str | None) -> str:
-    run = RUNS.get(run_id or "")
-    if run is None or run.finished:
+def stop_runs(key: str) -> str:
+    """Stop session `key`'s training at the next step."""
+    if not jobs.stop(key, JOB_NAME):
         return "No run is training."
-    run.stop.set()
-    return f"Stopping {run.id} at the next step; its best checkpoint so far is kept."
+    return "Stopping at the next step; the best checkpoint so far is kept."
 
 
 def predict(run_id: str, text: str) -> dict[str, float]:
@@ -156,13 +170,14 @@ def merged_folder(run_id: str) -> Path:
 
 
 def save_to_cache(run_id: str, name: str) -> str:
-    """Put the run's (merged) model on the allow-list as `local:<name>` for the classifier role."""
-    name = check_local_name((name or "").strip())
-    saved = read_settings().home / "models" / name
-    if saved.exists():
-        shutil.rmtree(saved)
-    shutil.copytree(merged_folder(run_id), saved)
-    return register_local(name, saved, role="classifier")
+    """Save the run's (merged) model as `local:<name>` for the classifier role; it is offered again after a
+    restart (shared/registry.py save_local_model)."""
+    source = merged_folder(run_id)
+
+    def write(folder: Path) -> None:
+        shutil.copytree(source, folder, dirs_exist_ok=True)
+
+    return save_local_model((name or "").strip(), "classifier", write, source_run=run_id)
 
 
 def zip_run(run_id: str) -> Path:

@@ -1,5 +1,5 @@
 """Serve the home page alone: python -m spaces.home [--port N] [--offline]."""
 
-from app import serve_page
+from shared.launch import serve_page
 
 serve_page("home")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
+import shared.loaders  # noqa: F401  (registers the standard loader kinds with the cache)
 from shared import assets
-from shared.cache import LoadSpec, get_cache
+from shared.cache import LoadSpec, get_cache, loader_kinds
 from shared.device import describe_device
 from shared.hub import LOCAL_PREFIX, hub_reachable, hub_status
 from shared.registry import ROLES, get_role, local_names, resolve
@@ -43,6 +44,12 @@ def role_rows() -> list[list[str]]:
     return rows
 
 
+def loadable_roles() -> list[str]:
+    """Roles whose loader kind exists: a role whose page has not added its loader yet cannot be loaded."""
+    kinds = loader_kinds()
+    return [role.name for role in ROLES.values() if role.kind in kinds]
+
+
 def loaded_rows() -> list[list[object]]:
     return [[entry[c] for c in LOADED_COLUMNS] for entry in get_cache().entries()]
 
@@ -60,6 +67,8 @@ def cache_usage() -> str:
 def load_model(role_name: str, choice: str | None) -> str:
     """Load a role's model (the default, or a hub id / local: label) through the cache; returns a status line."""
     role = get_role(role_name)
+    if role.name not in loadable_roles():
+        raise ValueError(f"The {role.name} role cannot be loaded yet: no page has added a {role.kind!r} loader.")
     source = resolve(role.name, choice)
     started = time.perf_counter()
     cache = get_cache()

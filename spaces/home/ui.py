@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from shared.registry import ROLES
+from shared.registry import choices
 from shared.ui import HEAVY, LIGHT, PageInfo, visitor_errors
 from spaces.home import logic
 
@@ -42,6 +42,13 @@ def show_environment():
     return logic.environment_rows(), logic.role_rows(), *cache_panel()
 
 
+@visitor_errors
+def show_models(role: str):
+    """The Load box's choices for `role`: hub choices when online; offline and saved models always (saved ones
+    are offered again after a restart)."""
+    return gr.Dropdown(choices=choices(role), value="")
+
+
 def build(pages: list[PageInfo] | None = None) -> gr.Blocks:
     with gr.Blocks(title="Transformer Playground") as page:
         gr.Markdown(INTRO)
@@ -53,9 +60,11 @@ def build(pages: list[PageInfo] | None = None) -> gr.Blocks:
         gr.Markdown("## Model cache\nEvery page asks one cache for its models: each is loaded once, and the "
                     "least recently used are evicted when the memory budget would be passed.")
         with gr.Row(equal_height=True):
-            role = gr.Dropdown(list(ROLES), value="encoder", label="Role")
-            choice = gr.Textbox(label="Model (optional)", placeholder="hub id like gpt2, or local:all-minilm-l6-v2",
-                                info="Empty: the role's default. Paths are refused.")
+            role = gr.Dropdown(logic.loadable_roles(), value="encoder", label="Role",
+                               info="Roles whose page adds their loader appear here.")
+            choice = gr.Dropdown(choices("encoder"), value="", label="Model (optional)",
+                                 allow_custom_value=True, info="Empty: the role's default. Type a hub id like gpt2; "
+                                                               "paths are refused.")
             load = gr.Button("Load", variant="primary", scale=0, min_width=120)
         status = gr.Markdown()
         usage = gr.Markdown()
@@ -69,7 +78,7 @@ def build(pages: list[PageInfo] | None = None) -> gr.Blocks:
         panel = [loaded, evict_name, usage]
         page.load(show_environment, outputs=[environment, roles, *panel], api_name="home_environment", **LIGHT)
         refresh.click(show_environment, outputs=[environment, roles, *panel], api_name="home_refresh", **LIGHT)
-        gr.on([load.click, choice.submit], load_model, inputs=[role, choice], outputs=[status, *panel],
-              api_name="home_load", **HEAVY)
+        gr.on([page.load, role.change], show_models, inputs=role, outputs=choice, api_name="home_models", **LIGHT)
+        load.click(load_model, inputs=[role, choice], outputs=[status, *panel], api_name="home_load", **HEAVY)
         evict.click(evict_model, inputs=evict_name, outputs=[status, *panel], api_name="home_evict", **LIGHT)
     return page

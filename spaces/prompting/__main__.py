@@ -1,5 +1,5 @@
 """Serve the prompting page alone: python -m spaces.prompting [--port N] [--offline]."""
 
-from app import serve_page
+from shared.launch import serve_page
 
 serve_page("prompting")

@@ -18,11 +18,12 @@ from tests.conftest import REPO_ROOT
 MODEL = "local:all-minilm-l6-v2"
 
 
-def settings(method="full", train_size=32, epochs=4.0, max_steps=0, batch_size=16, learning_rate=1e-4,
-             data="movie sentences", upload=None):
-    """The page's inputs in order (see spaces/finetune/ui.py build(): `settings`)."""
-    return [MODEL, data, upload, "rotten_tomatoes", method, 3, 8, 16, 0.1, ["query", "value"], learning_rate,
-            epochs, max_steps, batch_size, 64, 0, False, train_size, 32, 64, 16]
+def settings(**changes) -> dict:
+    """The training form by name (the /finetune_train parameters): a small, fast run unless changed."""
+    small = dict(model=MODEL, data_source="movie sentences", upload=None, method="full", freeze_layers=3,
+                 lora_targets=["query", "value"], learning_rate=1e-4, epochs=4.0, max_steps=0, batch_size=16,
+                 max_length=64, train_size=32, validation_size=32, test_size=64, other_domain_size=16)
+    return {**small, **changes}
 
 
 def run_id_of(outputs) -> str:
@@ -30,9 +31,10 @@ def run_id_of(outputs) -> str:
 
 
 def test_parameters_and_command_before_training(client):
-    text = client.predict(MODEL, "lora", 3, 8, 16, 0.1, ["query", "value"], api_name="/finetune_parameters")
+    text = client.predict(model=MODEL, method="lora", freeze_layers=3, lora_r=8, lora_alpha=16, lora_dropout=0.1,
+                          lora_targets=["query", "value"], api_name="/finetune_parameters")
     assert "74,498 trainable of 22,788,484 parameters (**0.33%**)" in text
-    command = client.predict(*settings(method="lora"), api_name="/finetune_command")
+    command = client.predict(**settings(method="lora"), api_name="/finetune_command")
     assert "accelerate launch --num_processes 1 -m spaces.finetune.train" in command
     assert "--method lora" in command and "--multi_gpu --num_processes 2" in command
 
@@ -40,7 +42,7 @@ def test_parameters_and_command_before_training(client):
 def test_short_run_lowers_the_loss_and_writes_a_loadable_model(client):
     from transformers import AutoModelForSequenceClassification
 
-    outputs = client.predict(*settings(), api_name="/finetune_train")
+    outputs = client.predict(**settings(), api_name="/finetune_train")
     run = runs.RUNS[run_id_of(outputs)]
     assert run.status == "done" and run.step == 8
     assert sum(run.losses[-2:]) < sum(run.losses[:2])  # 32 sentences, 4 epochs: the loss must fall
@@ -62,7 +64,7 @@ def test_stop_mid_run_keeps_a_loadable_checkpoint(client):
 
     from shared.assets import ensure
 
-    job = client.submit(*settings(method="lora", train_size=0, epochs=1, learning_rate=1e-3),
+    job = client.submit(**settings(method="lora", train_size=0, epochs=1, learning_rate=1e-3),
                         api_name="/finetune_train")
     deadline = time.time() + 120
     while not any(o and runs.RUNS.get(run_id_of(o)) and runs.RUNS[run_id_of(o)].step >= 2 for o in job.outputs()):
@@ -86,7 +88,7 @@ def test_stop_mid_run_keeps_a_loadable_checkpoint(client):
 def test_use_the_result_save_zip_onnx(client):
     import onnxruntime
 
-    run_id = run_id_of(client.predict(*settings(method="head", train_size=16, epochs=1), api_name="/finetune_train"))
+    run_id = run_id_of(client.predict(**settings(method="head", train_size=16, epochs=1), api_name="/finetune_train"))
     assert "local:my-head" in client.predict(run_id, "my-head", api_name="/finetune_save")
     from shared.registry import choices
 
@@ -107,14 +109,14 @@ def test_bad_csv_upload_gets_a_clear_message(client, tmp_path, content, message)
     path = tmp_path / "upload.csv"
     path.write_text(content)
     with pytest.raises(AppError, match=message):
-        client.predict(*settings(data="upload CSV", upload=handle_file(str(path))), api_name="/finetune_train")
+        client.predict(**settings(data_source="upload CSV", upload=handle_file(str(path))), api_name="/finetune_train")
 
 
 def test_bad_model_and_settings_are_refused(client):
     with pytest.raises(AppError, match="is a path or URL"):
-        client.predict("/root", *settings()[1:], api_name="/finetune_train")
+        client.predict(**settings(model="/root"), api_name="/finetune_train")
     with pytest.raises(AppError, match="learning rate must be in"):
-        client.predict(*settings(learning_rate=5.0), api_name="/finetune_train")
+        client.predict(**settings(learning_rate=5.0), api_name="/finetune_train")
 
 
 def test_accelerate_launch_two_cpu_processes(tmp_path):
@@ -128,3 +130,33 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["processes"] == 2 and results["steps"] == 3
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_a_saved_classifier_is_offered_and_loads_after_a_restart():
+    """Save from one app process, start a second: the model is offered and loads (its manifest re-registers
+    it); no in-memory state survives between the two."""
+    import shutil
+    import uuid
+
+    from gradio_client import Client
+
+    from shared.launch import app_process
+    from shared.registry import MANIFEST, models_dir
+
+    name = f"restart-check-{uuid.uuid4().hex[:6]}"
+    try:
+        with app_process(["app.py"]) as (_, url, _):
+            first = Client(url, verbose=False)
+            run_id = run_id_of(first.predict(**settings(method="head", train_size=16, epochs=1),
+                                             api_name="/finetune_train"))
+            assert f"local:{name}" in first.predict(run_id=run_id, name=name, api_name="/finetune_save")
+        manifest = json.loads((models_dir() / name / MANIFEST).read_text())
+        assert manifest["role"] == "classifier" and manifest["source_run"] == run_id
+        with app_process(["app.py"]) as (_, url, _):
+            second = Client(url, verbose=False)
+            offered = second.predict(role="classifier", api_name="/home_models")
+            assert f"local:{name}" in [c[0] if isinstance(c, (list, tuple)) else c for c in offered["choices"]]
+            status, *_ = second.predict(role="classifier", choice=f"local:{name}", api_name="/home_load")
+            assert f"local:{name} (local) is loaded for the classifier role" in status
+    finally:
+        shutil.rmtree(models_dir() / name, ignore_errors=True)

@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from spaces.finetune import runs
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, browser, page  # noqa: F401  (fixtures)
+from tests.conftest import COLOURED_PIXELS_JS, drawn_marks
 
-pytestmark = [pytest.mark.browser]
+pytestmark = pytest.mark.browser
 
 
-def test_start_watch_and_stop_a_run(page, app_url, test_output):  # noqa: F811
+def test_start_watch_and_stop_a_run(page, app_url, test_output):
     page.goto(app_url + "finetune", wait_until="load")
     page.get_by_text("trainable of").first.wait_for(timeout=60_000)
     page.get_by_label("Train examples (0 = all)").fill("0")
     page.get_by_role("button", name="Train", exact=True).click()
     page.get_by_text("step 2 of").first.wait_for(timeout=120_000)
-    page.wait_for_timeout(1500)  # one more poll, so the plot has points
+    # This page's own run, by the id it shows (other tests' runs share the process).
+    run_id = re.search(r"run-\d+-\w+", page.get_by_text("step 2 of").first.inner_text()).group(0)
+    # Vega draws after the data arrives: wait (a hang guard, not a timing check) until the chart has colour.
+    page.wait_for_function(f"() => ({COLOURED_PIXELS_JS})('#finetune-loss') > 0", timeout=60_000)
     page.screenshot(path=str(test_output / "training.png"), full_page=True)
-    assert page.locator(".vega-embed, canvas, svg").count() > 0
+    assert drawn_marks(page, "#finetune-loss") > 0, "the loss plot drew no line or point"
     page.get_by_role("button", name="Stop", exact=True).click()
-    page.get_by_text("— stopped").first.wait_for(timeout=120_000)
+    page.get_by_text("Stopping at the next step").first.wait_for(timeout=30_000)
+    run = runs.RUNS[run_id]
+    assert run.job.join(timeout=120) and run.status == "stopped"
+    assert run.step < run.total_steps
     page.screenshot(path=str(test_output / "stopped.png"), full_page=True)
-    stopped = [r for r in runs.RUNS.values() if r.status == "stopped"]
-    assert stopped and stopped[-1].step < stopped[-1].total_steps
     assert page.console_errors == []
