@@ -40,7 +40,8 @@ $(VENV)/.assets: $(VENV)/.installed shared/assets.py
 	test -n "$$(ls $(PLAYGROUND_HOME)/downloads/vaderSentiment-*.tar.gz 2>/dev/null)" || \
 	  $(PIP) download --quiet --no-deps --no-binary :all: vaderSentiment==3.3.2 -d $(PLAYGROUND_HOME)/downloads
 	test -n "$$(ls $(PLAYGROUND_HOME)/downloads/spaces-*.whl 2>/dev/null)" || \
-	  $(PIP) download --quiet --no-deps spaces==0.51.3 -d $(PLAYGROUND_HOME)/downloads || true
+	  $(PIP) download --quiet --no-deps spaces==0.51.3 -d $(PLAYGROUND_HOME)/downloads || \
+	  echo "WARNING: could not download the HF spaces wheel: tests/test_spaces_package.py cannot check the app beside it (it fails under CI=true)"
 	test -e /usr/share/datasets/fashion-mnist || \
 	  $(SUDO) apt-get install -y -q dataset-fashion-mnist || \
 	  ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist) || \

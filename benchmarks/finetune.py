@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/finetune.py [--steps 100] [--speed-steps 10]
 
-1. The page's default run (spaces/finetune/ui.py DEFAULTS, the page's own training path): wall time and
+1. The page's default run (spaces/finetune/train.py PAGE_DEFAULTS, the page's own training path): wall time and
    test accuracy on the movie sentences. Target: >= 82% within 3 minutes on this machine.
 2. Every method (full, freeze, head, LoRA) for the same budget of steps: wall time, trainable parameters,
    validation and test accuracy. Target: LoRA within 2 points of full fine-tuning.
@@ -18,14 +18,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("PLAYGROUND_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from common import result_line  # first: puts the repo on sys.path and keeps the hub off
 
 
 def run(config, label: str) -> dict:
@@ -41,17 +37,13 @@ def run(config, label: str) -> dict:
     return results
 
 
-def result_line(name: str, figure: str, goal: str, met: bool) -> str:
-    return f"RESULT {name}: {figure} (goal {goal}) {'MET' if met else 'MISSED'}"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100, help="step budget for each method in part 2")
     parser.add_argument("--speed-steps", type=int, default=10, help="steps timed for fp32 vs bf16 in part 3")
     args = parser.parse_args()
     try:
-        from spaces.finetune.ui import DEFAULTS
+        from spaces.finetune.train import PAGE_DEFAULTS as DEFAULTS
 
         # 1. The page's default run, exactly as the Train button starts it.
         default = run(dataclasses.replace(DEFAULTS), f"page default ({DEFAULTS.method} {DEFAULTS.freeze_layers})")

@@ -17,18 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import psutil
+from common import REPO_ROOT, result_line  # first: puts the repo on sys.path and keeps the hub off
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+from shared.launch import app_process
 
 LOAD_PROBE = """
 import json, os, sys, time, psutil
@@ -38,6 +35,7 @@ import torch, transformers  # imported before the clock starts: both ways pay th
 before = psutil.Process().memory_info().rss
 started = time.perf_counter()
 if how == "cache":
+    import shared.loaders
     from shared.cache import LoadSpec, get_cache
     model = get_cache().get(LoadSpec("causal-lm", folder))
 else:
@@ -47,34 +45,11 @@ print(json.dumps({{"seconds": seconds, "rss_growth": psutil.Process().memory_inf
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure_startup() -> tuple[float, float]:
     """Seconds to the first page served, and RSS (bytes) after 3 s idle."""
-    port = free_port()
-    started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "app.py", "--offline", "--port", str(port)], cwd=REPO_ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read()
-                break
-            except OSError:
-                if process.poll() is not None or time.perf_counter() - started > 120:
-                    raise RuntimeError("the app did not start")
-                time.sleep(0.05)
-        seconds = time.perf_counter() - started
+    with app_process(["app.py"]) as (process, _, seconds):
         time.sleep(3)
-        rss = psutil.Process(process.pid).memory_info().rss
-        return seconds, rss
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+        return seconds, psutil.Process(process.pid).memory_info().rss
 
 
 def measure_load(how: str, folder: str) -> dict[str, float]:
@@ -85,10 +60,6 @@ def measure_load(how: str, folder: str) -> dict[str, float]:
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-2000:])
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def result_line(name: str, figure: float, unit: str, goal: str, met: bool) -> str:
-    return f"RESULT {name}: {figure:.2f}{unit} (goal {goal}) {'MET' if met else 'MISSED'}"
 
 
 def main() -> int:
@@ -118,10 +89,10 @@ def main() -> int:
         print(f"SmolLM2-135M load {how:6}: {median[how]['seconds']:.2f} s, RSS +{median[how]['rss_growth'] / 2**20:.0f} MiB")
     time_ratio = median["cache"]["seconds"] / median["direct"]["seconds"]
     memory_ratio = median["cache"]["rss_growth"] / median["direct"]["rss_growth"]
-    print(result_line("startup_seconds", startup_s, " s", "< 5 s", startup_s < 5))
-    print(result_line("idle_rss", idle_gb, " GB", "< 1.5 GB", idle_gb < 1.5))
-    print(result_line("cache_vs_direct_load_time", time_ratio, "x", "<= 1.10x", time_ratio <= 1.10))
-    print(result_line("cache_vs_direct_load_memory", memory_ratio, "x", "<= 1.10x", memory_ratio <= 1.10))
+    print(result_line("startup_seconds", startup_s, "< 5 s", startup_s < 5, unit=" s"))
+    print(result_line("idle_rss", idle_gb, "< 1.5 GB", idle_gb < 1.5, unit=" GB"))
+    print(result_line("cache_vs_direct_load_time", time_ratio, "<= 1.10x", time_ratio <= 1.10, unit="x"))
+    print(result_line("cache_vs_direct_load_memory", memory_ratio, "<= 1.10x", memory_ratio <= 1.10, unit="x"))
     return 0
 
 

@@ -198,22 +198,21 @@ class ModelCache:
 
     def evict(self, name: str | None = None) -> list[str]:
         """Drop the entries shown as `name` (all entries when None); returns the names dropped."""
-        with self._lock:
-            victims = [s for s in self._entries if name is None or s.name == name]
-            for spec in victims:
-                del self._entries[spec]
-        if victims:
-            self._release_memory()
-        return [s.name for s in victims]
+        return self._drop(lambda spec: name is None or spec.name == name)
 
     def forget_source(self, source: str) -> list[str]:
         """Drop every entry loaded from `source` (its files were replaced); returns the names dropped.
         Whoever holds a dropped model keeps a working copy; the next `get` loads the new files."""
+        return self._drop(lambda spec: spec.source == source)
+
+    def _drop(self, chosen: Callable[[LoadSpec], bool]) -> list[str]:
         with self._lock:
-            victims = [s for s in self._entries if s.source == source]
+            victims = [spec for spec in self._entries if chosen(spec)]
             for spec in victims:
                 del self._entries[spec]
-        return [s.name for s in victims]
+        if victims:
+            self._release_memory()
+        return [spec.name for spec in victims]
 
     def contains(self, spec: LoadSpec) -> bool:
         with self._lock:

@@ -25,3 +25,11 @@ def test_load_list_and_evict_through_the_cache():
     assert logic.evict("local:all-minilm-l6-v2") == "Evicted: local:all-minilm-l6-v2"
     assert logic.evict("local:all-minilm-l6-v2") == "'local:all-minilm-l6-v2' is not loaded."
     assert not any(row["model"] == "local:all-minilm-l6-v2" for row in get_cache().entries())
+
+
+def test_only_roles_with_a_loader_kind_are_offered_for_loading():
+    import pytest
+
+    assert logic.loadable_roles() == ["chat-lm", "encoder", "classifier"]  # no clip or diffusion loader yet
+    with pytest.raises(ValueError, match="The clip role cannot be loaded yet: no page has added a 'clip' loader"):
+        logic.load_model("clip", "")

@@ -101,6 +101,7 @@ def test_fashion_mnist():
 
 def test_smollm2_is_an_ordinary_hf_folder_that_answers():
     """The GGUF file became safetensors + config + tokenizer with its chat template, and the model works."""
+    import shared.loaders  # noqa: F401  (registers the causal-lm and tokenizer kinds)
     from shared.cache import LoadSpec, get_cache
 
     folder = assets.ensure("smollm2-135m-instruct")

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+import shared.loaders  # noqa: F401  (the standard kinds, for the real-model test)
 from shared.cache import LoadSpec, ModelCache, ModelLoadError, get_cache
 
 
