@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from shared.registry import choices
-from shared.ui import HEAVY, LIGHT, PageInfo, visitor_errors
+from shared.ui import HEAVY, LIGHT, PageInfo, table, visitor_errors
 from spaces.home import logic
 
 INTRO = """# Transformer Playground
@@ -68,7 +68,7 @@ def build(pages: list[PageInfo] | None = None) -> gr.Blocks:
             load = gr.Button("Load", variant="primary", scale=0, min_width=120)
         status = gr.Markdown()
         usage = gr.Markdown()
-        loaded = gr.Dataframe(headers=logic.LOADED_COLUMNS, label="Loaded models", interactive=False)
+        loaded = table(logic.LOADED_COLUMNS, "Loaded models")
         with gr.Row(equal_height=True):
             evict_name = gr.Dropdown([], label="Model to evict", allow_custom_value=True,
                                      info="Empty: evict every model.")
