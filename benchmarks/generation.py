@@ -7,7 +7,7 @@ of generating: time to first token (TTFT, prefill plus one step) and decode toke
 first), the median of `--runs` runs after one warm-up run.
 
 1. plain `model.generate` in float32: the reference; every other figure is a ratio to it.
-2. the page's own path (spaces/prompting/logic.py `stream_generation`) on each backend:
+2. the page's own path (spaces/prompting/generation.py `stream_generation`) on each backend:
    - PyTorch in float32 and in bfloat16 (a thread, a TextIteratorStreamer, a stopping criterion);
    - ONNX Runtime in float32 and with int8 weights (shared/onnx_lm.py: a hand-built fused graph, the page's
      own decoding loop). ONNX Runtime with int8 weights is the page's default on a CPU ("auto").
@@ -33,7 +33,6 @@ import re
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +41,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PLAYGROUND_OFFLINE", "1")
+
+from common import result_line  # noqa: E402  (benchmarks/ is on sys.path: this script runs from it)
 
 PROMPT_TOKENS = 128
 NEW_TOKENS = 64
@@ -86,13 +87,14 @@ def plain_generate(model) -> Measure:
 
 def page_path(chat) -> Measure:
     """The page's streaming path on the chat model's backend; it times every token itself."""
-    from spaces.prompting import logic
+    from spaces.prompting.generation import stream_generation
+    from spaces.prompting.sampling import SamplingSettings
 
-    settings = logic.SamplingSettings("greedy", max_new_tokens=NEW_TOKENS)
+    settings = SamplingSettings("greedy", max_new_tokens=NEW_TOKENS)
 
     def measure(ids: list[int]) -> tuple[float, float]:
         stats = None
-        for _, stats in logic.stream_generation(chat, ids, settings, threading.Event()):
+        for _, stats in stream_generation(chat, ids, settings):
             pass
         if stats.new_tokens != NEW_TOKENS:
             raise RuntimeError(f"the page made {stats.new_tokens} tokens, not {NEW_TOKENS}")
@@ -111,26 +113,23 @@ def in_the_app(runs: int) -> tuple[float, float, int, int]:
     this machine's cores, as they do for someone running the app on a laptop. The page's prompt is the
     benchmark text as a chat query (so its length differs), and end-of-text may end a run early.
     Returns (ttft, decode tokens/s, prompt tokens, new tokens), medians over `runs` after a warm-up."""
-    import socket
-
     import app
     from gradio_client import Client
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from shared.launch import serve_in_background
+
     demo = app.build_app(["prompting"])
-    args = app.parse_args(["--port", str(port), "--offline"])
-    app.configure(args)
-    app.launch(demo, args, prevent_thread_lock=True, quiet=True)
+    url = serve_in_background(demo)
     try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        inputs = ("local:smollm2-135m-instruct", "auto", "Continue the text in the same style.",
-                  {"headers": ["input", "output"], "data": []}, 0, PROMPT_TEXT, "greedy", 1.0, 0, 1.0, NEW_TOKENS,
-                  1.0, 0)
+        client = Client(url, verbose=False)
+        inputs = {"model": "local:smollm2-135m-instruct", "backend": "auto",
+                  "instruction": "Continue the text in the same style.",
+                  "examples": {"headers": ["input", "output"], "data": []}, "shots": 0, "query": PROMPT_TEXT,
+                  "mode": "greedy", "temperature": 1.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": NEW_TOKENS,
+                  "repetition_penalty": 1.0, "seed": 0}
         found = []
         for _ in range(runs + 1):
-            stats = client.predict(*inputs, api_name="/prompting_generate")[3]
+            stats = client.predict(**inputs, api_name="/prompting_generate")[3]
             match = STATS.search(stats)
             if not match:
                 raise RuntimeError(f"no rate in the page's stats line: {stats!r}")
@@ -154,10 +153,6 @@ def run(measure: Measure, ids: list[int], runs: int) -> tuple[float, float]:
     return statistics.median(r[0] for r in results), statistics.median(r[1] for r in results)
 
 
-def result_line(name: str, figure: float, unit: str, goal: str, met: bool) -> str:
-    return f"RESULT {name}: {figure:.2f}{unit} (goal {goal}) {'MET' if met else 'MISSED'}"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="measured runs of each way (median is reported)")
@@ -172,9 +167,9 @@ def main() -> int:
             torch.set_num_threads(args.threads)
         from shared.cache import get_cache
         from shared.onnx_lm import OnnxCausalLM
-        from spaces.prompting import logic
+        from spaces.prompting.models import load_chat_model, pick_backend
 
-        chat32 = logic.load_chat_model(None, dtype="float32")
+        chat32 = load_chat_model(None, dtype="float32")
         no_end_of_text(chat32.model)
         ids = prompt_ids(chat32.tokenizer)
         print(f"{chat32.source.label}: {PROMPT_TOKENS}-token prompt, {NEW_TOKENS} new tokens, batch 1, greedy; "
@@ -183,13 +178,13 @@ def main() -> int:
         figures["generate fp32"] = run(plain_generate(chat32.model), ids, args.runs)
         figures["page pytorch fp32"] = run(page_path(chat32), ids, args.runs)
         get_cache().evict(chat32.source.label)  # one model in memory at a time
-        chat16 = logic.load_chat_model(None, dtype="bfloat16")
+        chat16 = load_chat_model(None, dtype="bfloat16")
         no_end_of_text(chat16.model)
         figures["page pytorch bf16"] = run(page_path(chat16), ids, args.runs)
         get_cache().evict(chat16.source.label)
         for backend in ("onnx-fp32", "onnx-int8"):
             started = time.perf_counter()
-            chat = logic.load_chat_model(None, backend=backend)  # converts once, then loads the stored build
+            chat = load_chat_model(None, backend=backend)  # converts once, then loads the stored build
             print(f"{backend}: loaded in {time.perf_counter() - started:.1f} s "
                   f"({chat.model.nbytes / 2**20:.0f} MiB on disk)")
             if args.threads:  # the cache opened it with ONNX Runtime's default thread count
@@ -197,7 +192,7 @@ def main() -> int:
             no_end_of_text(chat.model)
             figures[f"page {backend}"] = run(page_path(chat), ids, args.runs)
             get_cache().evict(chat.source.label + f" (ONNX {backend.removeprefix('onnx-')})")
-        default = logic.pick_backend("auto", chat32.source)
+        default = pick_backend("auto", chat32.source)
         app_ttft, app_rate, app_prompt, app_tokens = in_the_app(args.runs)
     except Exception as error:  # could not measure
         print(f"benchmark failed: {type(error).__name__}: {error}", file=sys.stderr)
@@ -229,18 +224,18 @@ def main() -> int:
           f"TTFT {app_ttft:.3f} s, {app_rate:.1f} decode tok/s")
     print(f"the page's default backend here: {default}")
     page_ttft, page_rate = figures[f"page {default}"]
-    print(result_line("page_default_decode_tokens_per_s", page_rate, " tok/s", f">= {DECODE_GOAL:.0f} tok/s",
-                      page_rate >= DECODE_GOAL))
+    print(result_line("page_default_decode_tokens_per_s", page_rate, f">= {DECODE_GOAL:.0f} tok/s",
+                      page_rate >= DECODE_GOAL, unit=" tok/s"))
     for name, goal in (("page pytorch fp32", 0.9), ("page pytorch bf16", 1.0), ("page onnx-fp32", 1.0),
                        ("page onnx-int8", 1.0), ("optimum ort fp32", 1.0)):
         if name in figures:
             ratio = figures[name][1] / base_rate
-            print(result_line(f"{name.replace(' ', '_').replace('-', '_')}_vs_generate_fp32_decode", ratio, "x",
-                              f">= {goal:.2f}x", ratio >= goal))
-    print(result_line("app_default_decode_tokens_per_s", app_rate, " tok/s", f">= {DECODE_GOAL:.0f} tok/s",
-                      app_rate >= DECODE_GOAL))
+            print(result_line(f"{name.replace(' ', '_').replace('-', '_')}_vs_generate_fp32_decode", ratio,
+                              f">= {goal:.2f}x", ratio >= goal, unit="x"))
+    print(result_line("app_default_decode_tokens_per_s", app_rate, f">= {DECODE_GOAL:.0f} tok/s",
+                      app_rate >= DECODE_GOAL, unit=" tok/s"))
     ttft_ratio = page_ttft / base_ttft
-    print(result_line("page_default_vs_generate_fp32_ttft", ttft_ratio, "x", "<= 1.10x", ttft_ratio <= 1.1))
+    print(result_line("page_default_vs_generate_fp32_ttft", ttft_ratio, "<= 1.10x", ttft_ratio <= 1.1, unit="x"))
     return 0
 
 

@@ -21,6 +21,7 @@ token or batch). Every Stop button both sets that event (`jobs.stop`) and cancel
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import itertools
 import logging
 import threading
@@ -91,7 +92,10 @@ def _launch(work: Callable[[threading.Event], Any], name: str, key: str, log_err
             with _lock:
                 _jobs.pop(job.id, None)
 
-    job.thread = threading.Thread(target=body, name=f"{name}-{job.id}", daemon=True)
+    # The worker runs in a copy of the caller's context: gr.Progress (and anything else keyed on context
+    # variables) finds the caller's event from inside the work.
+    job.thread = threading.Thread(target=contextvars.copy_context().run, args=(body,), name=f"{name}-{job.id}",
+                                  daemon=True)
     with _lock:
         _jobs[job.id] = job
     job.thread.start()

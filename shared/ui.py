@@ -118,10 +118,19 @@ def line_chart(frame, x: str, y: str, color: str | None = None, title: str = "",
 
     if len(frame) == 0:
         return None
-    x_axis = alt.Axis(format="d", tickMinStep=1) if x_integer else alt.Axis(format="~g")
+    if x_integer:
+        # A few whole numbers (shots 0, 1, 4) get a tick each and nothing between; many (steps) get nice ticks.
+        values = sorted({int(v) for v in frame[x]})
+        x_axis = alt.Axis(format="d", values=values) if len(values) <= 12 else alt.Axis(format="d", tickMinStep=1)
+    else:
+        x_axis = alt.Axis(format="~g")
+    # A little room on both sides, so the points at the ends are drawn whole, not cut by the frame.
+    low_x, high_x = float(frame[x].min()), float(frame[x].max())
+    margin = max(0.03 * (high_x - low_x), 0.2 if x_integer else 1e-9)
+    x_scale = alt.Scale(domain=[low_x - margin, high_x + margin], nice=False, zero=False)
     y_scale = alt.Scale(domain=list(y_domain)) if y_domain else alt.Scale(zero=False)
     encoding: dict[str, Any] = {
-        "x": alt.X(field=x, type="quantitative", axis=x_axis, title=x),
+        "x": alt.X(field=x, type="quantitative", axis=x_axis, scale=x_scale, title=x),
         "y": alt.Y(field=y, type="quantitative", axis=alt.Axis(format=y_format), scale=y_scale, title=y),
         "tooltip": [alt.Tooltip(field=x, type="quantitative", format="d" if x_integer else "~g"),
                     alt.Tooltip(field=y, type="quantitative", format=y_format)],

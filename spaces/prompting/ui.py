@@ -3,6 +3,10 @@
 Four parts on one prompt: the prompt builder, generation (streamed, timed, stoppable), the next-token
 explorer (temperature, top-k and top-p side by side, one step at a time), and in-context learning measured
 on labeled movie sentences.
+
+Handlers only turn widget values into calls of the page's modules and their results into widget values:
+the checks live in those modules (ValueError -> gr.Error through @visitor_errors), and long work runs as
+jobs (shared/jobs.py) that each Stop button ends for its visitor alone.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ import random
 import gradio as gr
 import pandas as pd
 
+from shared import jobs
 from shared.assets import SENTIMENT_CITATION
 from shared.registry import choices
-from shared.ui import HEAVY, LIGHT, PageInfo, visitor_errors
-from spaces.prompting import logic
+from shared.ui import HEAVY, LIGHT, PageInfo, gradio_progress, line_chart, session_key, table, visitor_errors
+from spaces.prompting import explorer, generation, icl, models, prompts, recipes, sampling
 
 PAGE = PageInfo(
     name="Prompting",
@@ -36,21 +41,19 @@ BACKEND_INFO = ("ONNX Runtime runs Llama/Qwen2/Mistral-style models as one fused
                 "on a CPU ~3x faster than PyTorch. int8 weights are a little less exact than float32.")
 DEFAULT_PRESET = "sentiment"
 DEFAULT_URL = "http://127.0.0.1:7860/"
+ICL_SUMMARY_COLUMNS = ["shots", "N", "correct", "accuracy", "95% CI low", "95% CI high"]
+ICL_CONFUSION_COLUMNS = ["shots", "true label", "predicted positive", "predicted negative"]
 
 
-def rows_of(table) -> list[list]:
+def rows_of(examples) -> list[list]:
     """The examples table as rows, whether it arrives as a DataFrame, a list of rows or {"data": rows}."""
-    if table is None:
+    if examples is None:
         return []
-    if isinstance(table, pd.DataFrame):
-        return table.values.tolist()
-    if isinstance(table, dict):
-        return list(table.get("data") or [])
-    return [list(row) for row in table]
-
-
-def session_key(request: gr.Request | None) -> str:
-    return getattr(request, "session_hash", None) or "no-session"
+    if isinstance(examples, pd.DataFrame):
+        return examples.values.tolist()
+    if isinstance(examples, dict):
+        return list(examples.get("data") or [])
+    return [list(row) for row in examples]
 
 
 def page_url(request: gr.Request | None) -> str:
@@ -58,14 +61,16 @@ def page_url(request: gr.Request | None) -> str:
     return f"http://{host}/" if host else DEFAULT_URL
 
 
-def settings_from(mode, temperature, top_k, top_p, max_new_tokens, repetition_penalty, seed) -> logic.SamplingSettings:
-    return logic.SamplingSettings(mode, temperature, top_k, top_p, max_new_tokens, repetition_penalty, seed).checked()
+def settings_from(mode, temperature, top_k, top_p, max_new_tokens, repetition_penalty, seed
+                  ) -> sampling.SamplingSettings:
+    return sampling.SamplingSettings(mode, temperature, top_k, top_p, max_new_tokens, repetition_penalty,
+                                     seed).checked()
 
 
-def build_for(chat: logic.ChatModel, instruction, examples, shots, query, max_new_tokens) -> logic.BuiltPrompt:
+def build_for(chat: models.ChatModel, instruction, examples, shots, query, max_new_tokens) -> prompts.BuiltPrompt:
     """The prompt for this model, warning the visitor about anything the builder had to change."""
-    prompt = logic.build_prompt(chat.tokenizer, instruction, rows_of(examples), shots, query, chat.context_length,
-                                max_new_tokens=int(max_new_tokens))
+    prompt = prompts.build_prompt(chat.tokenizer, instruction, rows_of(examples), shots, query, chat.context_length,
+                                  max_new_tokens=int(max_new_tokens))
     if prompt.dropped:
         gr.Warning(f"The prompt was longer than the context: the {prompt.dropped} oldest example(s) were dropped.")
     if not prompt.chat:
@@ -77,24 +82,23 @@ def build_for(chat: logic.ChatModel, instruction, examples, shots, query, max_ne
 # ---- prompt builder --------------------------------------------------------------------------------------
 
 
-def apply_preset(name: str):
-    if name not in logic.PRESETS:
-        raise gr.Error(f"Unknown preset {name!r}; choose one of {', '.join(logic.PRESETS)}.")
-    preset = logic.PRESETS[name]
-    examples = preset["examples"]
-    return (preset["instruction"], examples, preset["query"],
+@visitor_errors
+def apply_preset(preset: str):
+    chosen = prompts.preset(preset)
+    examples = chosen["examples"]
+    return (chosen["instruction"], examples, chosen["query"],
             gr.Slider(maximum=len(examples), value=min(2, len(examples))))
 
 
 @visitor_errors
 def resize_shots(examples, shots):
-    size = len(logic.clean_examples(rows_of(examples)))
+    size = len(prompts.clean_examples(rows_of(examples)))
     return gr.Slider(maximum=max(size, 1), value=min(int(shots or 0), size))
 
 
 @visitor_errors
 def show_prompt(model, backend, instruction, examples, shots, query, max_new_tokens):
-    chat = logic.load_chat_model(model, backend=backend)
+    chat = models.load_chat_model(model, backend=backend)
     prompt = build_for(chat, instruction, examples, shots, query, max_new_tokens)
     return prompt.text, prompt.summary
 
@@ -106,45 +110,43 @@ def show_prompt(model, backend, instruction, examples, shots, query, max_new_tok
 def generate(model, backend, instruction, examples, shots, query, mode, temperature, top_k, top_p, max_new_tokens,
              repetition_penalty, seed, request: gr.Request = None, progress=gr.Progress()):
     settings = settings_from(mode, temperature, top_k, top_p, max_new_tokens, repetition_penalty, seed)
-    progress(0, desc="loading the model (the first ONNX Runtime run converts it, once)")
-    chat = logic.load_chat_model(model, backend=backend)
+    gradio_progress(progress)(0.0, "loading the model (the first ONNX Runtime run converts it, once)")
+    chat = models.load_chat_model(model, backend=backend)
     prompt = build_for(chat, instruction, examples, shots, query, settings.max_new_tokens)
-    used = logic.clean_examples(rows_of(examples))[int(shots) - prompt.shots:int(shots)] if prompt.shots else []
-    recipe = logic.python_recipe(chat.source.label, prompt, settings, chat.backend)
-    call = logic.client_recipe(page_url(request), chat.source.label, backend, instruction, used, prompt.shots, query,
-                               settings)
-    stop = logic.stop_signal(session_key(request))
-    try:
-        text, stats = "", logic.GenerationStats(prompt_tokens=len(prompt.ids))
-        yield prompt.text, prompt.summary, text, stats.describe(), settings.seed, recipe, call
-        for text, stats in logic.stream_generation(chat, prompt.ids, settings, stop):
-            # Only the text and the stats change while streaming; skipping the rest keeps each update cheap.
-            yield gr.skip(), gr.skip(), text, stats.describe(), gr.skip(), gr.skip(), gr.skip()
-        # The last update carries every output, so an API caller's result is complete.
-        yield prompt.text, prompt.summary, text, stats.describe(), settings.seed, recipe, call
-    finally:
-        logic.release_stop(session_key(request), stop)
+    used = prompts.clean_examples(rows_of(examples))[int(shots) - prompt.shots:int(shots)] if prompt.shots else []
+    recipe = recipes.python_recipe(chat.source.label, prompt, settings, chat.backend)
+    call = recipes.generate_client_recipe(page_url(request), chat.source.label, backend, instruction, used,
+                                          prompt.shots, query, settings)
+    text, stats = "", generation.GenerationStats(prompt_tokens=len(prompt.ids))
+    yield prompt.text, prompt.summary, text, stats.describe(), settings.seed, recipe, call
+    for text, stats in generation.stream_generation(chat, prompt.ids, settings, key=session_key(request)):
+        # Only the text and the stats change while streaming; skipping the rest keeps each update cheap.
+        yield gr.skip(), gr.skip(), text, stats.describe(), gr.skip(), gr.skip(), gr.skip()
+    # The last update carries every output, so an API caller's result is complete.
+    yield prompt.text, prompt.summary, text, stats.describe(), settings.seed, recipe, call
 
 
-def stop_run(request: gr.Request = None):
-    logic.request_stop(session_key(request))
+def stop_generation(request: gr.Request = None) -> None:
+    """Set this visitor's decoder's stop event: it ends at its next token (the button also cancels the event)."""
+    jobs.stop(session_key(request), generation.GENERATE_JOB)
 
 
 def new_seed() -> int:
-    return random.randint(0, logic.SEED_LIMIT)
+    return random.randint(0, sampling.SEED_LIMIT)
 
 
 # ---- next-token explorer -------------------------------------------------------------------------------
 
 
-def stage_frames(exploration: logic.Exploration) -> list[pd.DataFrame]:
+def stage_frames(exploration: explorer.Exploration) -> list[pd.DataFrame]:
     # Plain frames: returning gr.BarPlot(...) as an update leaves the chart empty in Gradio 6.
-    table = pd.DataFrame(exploration.long_table())
-    return [table[table["stage"] == stage][["token", "probability"]].reset_index(drop=True) for stage in logic.STAGES]
+    frame = pd.DataFrame(exploration.long_table())
+    return [frame[frame["stage"] == stage][["token", "probability"]].reset_index(drop=True)
+            for stage in sampling.STAGES]
 
 
-def survivors_line(exploration: logic.Exploration) -> str:
-    counts = " → ".join(f"{stage}: **{exploration.survivors[stage]:,}**" for stage in logic.STAGES)
+def survivors_line(exploration: explorer.Exploration) -> str:
+    counts = " → ".join(f"{stage}: **{exploration.survivors[stage]:,}**" for stage in sampling.STAGES)
     return f"Tokens that can still be drawn after each stage: {counts}"
 
 
@@ -156,24 +158,24 @@ def walk_ids(text: str | None) -> list[int]:
         raise ValueError(f"The walk must be token ids separated by commas, got {text!r}.") from None
 
 
-def walk_text(chat: logic.ChatModel, walk: list[int]) -> str:
+def walk_text(chat: models.ChatModel, walk: list[int]) -> str:
     return chat.tokenizer.decode(walk) if walk else ""
 
 
-def explorer_outputs(chat, prompt, walk, temperature, top_k, top_p):
-    logits = logic.next_token_logits(chat, prompt.ids + list(walk))
-    exploration = logic.explore(chat.tokenizer, logits, float(temperature), int(top_k), float(top_p))
-    return [survivors_line(exploration), *stage_frames(exploration), exploration.rows, walk_text(chat, walk)]
+def explorer_outputs(chat, prompt, walk, settings: sampling.SamplingSettings):
+    logits = explorer.next_token_logits(chat, prompt.ids + list(walk))
+    exploration = explorer.explore(chat.tokenizer, logits, settings.temperature, settings.top_k, settings.top_p)
+    return [",".join(map(str, walk)), survivors_line(exploration), *stage_frames(exploration), exploration.rows,
+            walk_text(chat, walk)]
 
 
 @visitor_errors
 def explore(model, backend, instruction, examples, shots, query, temperature, top_k, top_p, walk=""):
     settings = settings_from("sampling", temperature, top_k, top_p, 1, 1.0, 0)
-    chat = logic.load_chat_model(model, backend=backend)
+    chat = models.load_chat_model(model, backend=backend)
     walk = walk_ids(walk)
     prompt = build_for(chat, instruction, examples, shots, query, 1 + len(walk))
-    return [",".join(map(str, walk)), *explorer_outputs(chat, prompt, walk, settings.temperature, settings.top_k,
-                                                         settings.top_p)]
+    return explorer_outputs(chat, prompt, walk, settings)
 
 
 def clear_walk():
@@ -188,86 +190,69 @@ def reset_walk(model, backend, instruction, examples, shots, query, temperature,
 @visitor_errors
 def step(model, backend, instruction, examples, shots, query, mode, temperature, top_k, top_p, seed, walk):
     settings = settings_from(mode, temperature, top_k, top_p, 1, 1.0, seed)
-    chat = logic.load_chat_model(model, backend=backend)
+    chat = models.load_chat_model(model, backend=backend)
     walk = walk_ids(walk)
     prompt = build_for(chat, instruction, examples, shots, query, 2 + len(walk))
-    token = logic.choose_next_token(logic.next_token_logits(chat, prompt.ids + walk), settings, len(walk))
-    walk.append(token)
-    return [",".join(map(str, walk)),
-            *explorer_outputs(chat, prompt, walk, settings.temperature, settings.top_k, settings.top_p)]
+    history = prompt.ids + walk
+    walk.append(explorer.walk_step(explorer.next_token_logits(chat, history), settings, history, step=len(walk)))
+    return explorer_outputs(chat, prompt, walk, settings)
 
 
 # ---- in-context learning -------------------------------------------------------------------------------
 
 
-def icl_plot_frame(results: list[logic.IclResult]) -> pd.DataFrame:
-    rows = []
-    for result in results:
-        low, high = result.interval
-        rows += [{"shots": result.shots, "accuracy": result.accuracy, "series": "accuracy"},
-                 {"shots": result.shots, "accuracy": low, "series": "95% CI low"},
-                 {"shots": result.shots, "accuracy": high, "series": "95% CI high"}]
-    return pd.DataFrame(rows, columns=["shots", "accuracy", "series"])
+def icl_chart(results: list[icl.IclResult]):
+    """Accuracy against k, with each k's Wilson 95% interval as an error bar (k that were not reached left out)."""
+    rows = [(r.shots, r.accuracy, *r.interval) for r in results if r.n]
+    frame = pd.DataFrame(rows, columns=["shots", "accuracy", "low", "high"])
+    return line_chart(frame, "shots", "accuracy", low="low", high="high", y_domain=(0, 1),
+                      title="Error bars: Wilson 95% intervals")
 
 
-def icl_tables(results: list[logic.IclResult]) -> tuple[list[list], list[list]]:
+def icl_tables(results: list[icl.IclResult]) -> tuple[list[list], list[list]]:
     summary, confusion = [], []
     for r in results:
         low, high = r.interval
         summary.append([r.shots, r.n, r.correct, round(r.accuracy, 3), round(low, 3), round(high, 3)])
-        for truth, word in enumerate(logic.ICL_LABEL_WORDS):
+        for truth, word in enumerate(icl.ICL_LABEL_WORDS):
             confusion.append([r.shots, word, r.confusion[truth][1], r.confusion[truth][0]])
     return summary, confusion
 
 
 @visitor_errors
-def measure_icl(model, backend, n, shot_text, seed, request: gr.Request = None, progress=gr.Progress()):
-    from shared.assets import read_sentiment
+def measure_icl(model, backend, n_sentences, shot_counts, seed, request: gr.Request = None,
+                progress=gr.Progress()):
+    run = icl.measure_icl(model, backend, n_sentences, shot_counts, seed, progress=gradio_progress(progress),
+                          key=session_key(request))
+    summary, confusion = icl_tables(run.results)
+    recipe = recipes.icl_client_recipe(page_url(request), run.model_label, backend, run.n, run.shot_counts, run.seed)
+    return icl_chart(run.results), summary, confusion, run.describe(), recipe
 
-    shot_counts = logic.parse_shot_list(shot_text)
-    if n is None or int(n) != n or seed is None or int(seed) != seed or not 0 <= seed <= logic.SEED_LIMIT:
-        raise ValueError(f"N and the seed must be whole numbers (seed 0 to {logic.SEED_LIMIT}), "
-                         f"got N={n}, seed={seed}.")
-    stop = logic.stop_signal(session_key(request))
-    progress(0, desc="loading the model")
-    chat = logic.load_chat_model(model, backend=backend)
-    rows = read_sentiment("movies")
 
-    def report(fraction: float, desc: str) -> None:
-        progress(fraction, desc=desc)
-
-    try:
-        results, stopped = logic.evaluate_icl(chat, rows, int(n), shot_counts, int(seed), report, stop)
-    finally:
-        logic.release_stop(session_key(request), stop)
-    summary, confusion = icl_tables(results)
-    done = [f"{r.shots}-shot {r.accuracy:.0%} [{r.interval[0]:.0%}, {r.interval[1]:.0%}]" for r in results if r.n]
-    status = ("Stopped early; partial results. " if stopped else "") + (
-        f"{chat.source.label} on {logic.BACKENDS[chat.backend]}, N={int(n)} balanced sentences, "
-        f"seed {int(seed)}: " + "; ".join(done) + ". Chance is 50%.")
-    recipe = logic.icl_client_recipe(page_url(request), chat.source.label, backend, int(n), shot_counts, int(seed))
-    return icl_plot_frame(results), summary, confusion, status, recipe
+def stop_icl(request: gr.Request = None) -> None:
+    """Set this visitor's evaluation's stop event: it ends before its next sentence, keeping what it scored."""
+    jobs.stop(session_key(request), icl.ICL_JOB)
 
 
 # ---- the page ------------------------------------------------------------------------------------------
 
 
 def build() -> gr.Blocks:
-    preset = logic.PRESETS[DEFAULT_PRESET]
-    models = choices("chat-lm")
+    preset = prompts.PRESETS[DEFAULT_PRESET]
+    model_choices = choices("chat-lm")
     with gr.Blocks(title="Transformer Playground: prompting") as page:
         gr.Markdown(INTRO)
         with gr.Row(equal_height=True):
-            model = gr.Dropdown(models, value=models[0] if models else None, allow_custom_value=True, label="Model",
+            model = gr.Dropdown(model_choices, value=model_choices[0] if model_choices else None, allow_custom_value=True, label="Model",
                                 info="The chat-lm role's models; type a hub id when online. Paths are refused.")
-            backend = gr.Dropdown([(label, key) for key, label in logic.BACKENDS.items()], value="auto",
+            backend = gr.Dropdown([(label, key) for key, label in models.BACKENDS.items()], value="auto",
                                   label="Runs on", info=BACKEND_INFO)
         # 1. Prompt builder
         gr.Markdown("## 1. Build the prompt")
         with gr.Row(equal_height=True):
-            preset_name = gr.Dropdown(list(logic.PRESETS), value=DEFAULT_PRESET, label="Preset", scale=1)
+            preset_name = gr.Dropdown(list(prompts.PRESETS), value=DEFAULT_PRESET, label="Preset", scale=1)
             instruction = gr.Textbox(preset["instruction"], label="Task instruction", scale=4)
-        examples = gr.Dataframe(preset["examples"], headers=logic.EXAMPLE_COLUMNS, type="array", interactive=True,
+        examples = gr.Dataframe(preset["examples"], headers=prompts.EXAMPLE_COLUMNS, type="array", interactive=True,
                                 label="Labeled examples (edit, add or delete rows)", column_count=2, wrap=True)
         with gr.Row(equal_height=True):
             shots = gr.Slider(0, len(preset["examples"]), value=2, step=1, label="Shots",
@@ -281,15 +266,15 @@ def build() -> gr.Blocks:
         # 2. Generation
         gr.Markdown("## 2. Generate")
         with gr.Row():
-            mode = gr.Radio(list(logic.MODES), value="greedy", label="Decoding",
+            mode = gr.Radio(list(sampling.MODES), value="greedy", label="Decoding",
                             info="Greedy ignores temperature, top-k and top-p.")
             temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature")
             top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k", info="0: no cut")
             top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p", info="1: no cut")
         with gr.Row():
-            max_new_tokens = gr.Slider(1, logic.MAX_NEW_TOKENS_LIMIT, value=64, step=1, label="Max new tokens")
+            max_new_tokens = gr.Slider(1, sampling.MAX_NEW_TOKENS_LIMIT, value=64, step=1, label="Max new tokens")
             repetition_penalty = gr.Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty")
-            seed = gr.Number(0, precision=0, minimum=0, maximum=logic.SEED_LIMIT, label="Seed",
+            seed = gr.Number(0, precision=0, minimum=0, maximum=sampling.SEED_LIMIT, label="Seed",
                              info="Same seed + settings = same text.")
             reseed = gr.Button("New seed", scale=0, min_width=100)
         with gr.Row():
@@ -315,9 +300,8 @@ def build() -> gr.Blocks:
         survivors = gr.Markdown()
         with gr.Row():
             plots = [gr.BarPlot(x="token", y="probability", y_lim=[0, 1], sort="-y", label=stage, x_label_angle=-45,
-                                height=260, elem_id=f"prompting-dist-{i}") for i, stage in enumerate(logic.STAGES)]
-        token_table = gr.Dataframe(headers=["rank", "token", "id", *logic.STAGES], label="Top next tokens",
-                                   interactive=False)
+                                height=260, elem_id=f"prompting-dist-{i}") for i, stage in enumerate(sampling.STAGES)]
+        token_table = table(["rank", "token", "id", *sampling.STAGES], "Top next tokens")
 
         # 4. In-context learning measured
         gr.Markdown("## 4. In-context learning, measured\nScore the model on N movie-review sentences (half "
@@ -325,45 +309,42 @@ def build() -> gr.Blocks:
                     "the label word the model finds more likely (*positive* vs *negative*), not parsed text.\n\n"
                     f"<span class='playground-note'>Data: {SENTIMENT_CITATION}</span>")
         with gr.Row(equal_height=True):
-            icl_n = gr.Number(40, precision=0, minimum=2, maximum=logic.ICL_MAX_EXAMPLES, label="N sentences")
+            icl_n = gr.Number(40, precision=0, minimum=2, maximum=icl.ICL_MAX_EXAMPLES, label="N sentences")
             icl_shots = gr.Textbox("0, 1, 4", label="Shot counts k")
-            icl_seed = gr.Number(0, precision=0, minimum=0, label="Seed")
+            icl_seed = gr.Number(0, precision=0, minimum=0, maximum=sampling.SEED_LIMIT, label="Seed")
         with gr.Row():
             icl_run = gr.Button("Measure", variant="primary")
             icl_stop = gr.Button("Stop", variant="stop")
         icl_status = gr.Markdown()
-        icl_plot = gr.LinePlot(x="shots", y="accuracy", color="series", y_lim=[0, 1], label="Accuracy against k")
-        icl_summary = gr.Dataframe(headers=["shots", "N", "correct", "accuracy", "95% CI low", "95% CI high"],
-                                   label="Accuracy with Wilson 95% intervals", interactive=False)
-        icl_confusion = gr.Dataframe(headers=["shots", "true label", "predicted positive", "predicted negative"],
-                                     label="Confusion table", interactive=False)
+        icl_plot = gr.Plot(label="Accuracy against k", elem_id="prompting-icl-plot")
+        icl_summary = table(ICL_SUMMARY_COLUMNS, "Accuracy with Wilson 95% intervals")
+        icl_confusion = table(ICL_CONFUSION_COLUMNS, "Confusion table")
         with gr.Accordion("Recipe: reproduce this measurement", open=False):
             icl_code = gr.Code(language="python", label="gradio_client", interactive=False)
 
         # Events
         builder = [model, backend, instruction, examples, shots, query]
-        sampling = [temperature, top_k, top_p]
+        filters = [temperature, top_k, top_p]
         preset_name.change(apply_preset, preset_name, [instruction, examples, query, shots],
                            api_name="prompting_preset", **LIGHT)
         examples.input(resize_shots, [examples, shots], shots, api_name="prompting_resize_shots", **LIGHT)
         show.click(show_prompt, [*builder, max_new_tokens], [prompt_text, prompt_info],
                    api_name="prompting_prompt", **HEAVY)
         generating = gr.on([run.click, query.submit], generate,
-                           [*builder, mode, *sampling, max_new_tokens, repetition_penalty, seed],
+                           [*builder, mode, *filters, max_new_tokens, repetition_penalty, seed],
                            [prompt_text, prompt_info, output, stats, seed_used, python_code, client_code],
                            api_name="prompting_generate", **HEAVY)
         reseed.click(new_seed, None, seed, api_name="prompting_new_seed", **LIGHT)
-        explorer = [walk, survivors, *plots, token_table, walked]
-        explore_button.click(explore, [*builder, *sampling, walk], explorer, api_name="prompting_explore", **HEAVY)
-        step_button.click(step, [*builder, mode, *sampling, seed, walk], explorer, api_name="prompting_step", **HEAVY)
+        explored = [walk, survivors, *plots, token_table, walked]
+        explore_button.click(explore, [*builder, *filters, walk], explored, api_name="prompting_explore", **HEAVY)
+        step_button.click(step, [*builder, mode, *filters, seed, walk], explored, api_name="prompting_step", **HEAVY)
         gr.on([model.change, backend.change, instruction.change, examples.change, shots.change, query.change],
               clear_walk, None, [walk, walked], api_name="prompting_clear_walk", show_progress="hidden", **LIGHT)
-        reset_button.click(reset_walk, [*builder, *sampling], explorer, api_name="prompting_reset", **HEAVY)
+        reset_button.click(reset_walk, [*builder, *filters], explored, api_name="prompting_reset", **HEAVY)
         measuring = icl_run.click(measure_icl, [model, backend, icl_n, icl_shots, icl_seed],
                                   [icl_plot, icl_summary, icl_confusion, icl_status, icl_code],
-                                  api_name="prompting_icl",
-                                  **HEAVY)
-        # Stop: set this visitor's stop event (generate ends at the next token) and cancel the event in the UI.
-        stop.click(stop_run, None, None, cancels=[generating], api_name="prompting_stop", **LIGHT)
-        icl_stop.click(stop_run, None, None, cancels=[measuring], api_name="prompting_icl_stop", **LIGHT)
+                                  api_name="prompting_icl", **HEAVY)
+        # Stop: set this visitor's job's stop event (so the thread under the event ends too) and cancel the event.
+        stop.click(stop_generation, None, None, cancels=[generating], api_name="prompting_stop", **LIGHT)
+        icl_stop.click(stop_icl, None, None, cancels=[measuring], api_name="prompting_icl_stop", **LIGHT)
     return page

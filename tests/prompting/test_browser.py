@@ -1,26 +1,48 @@
-"""The prompting page in Debian's Chromium: generate text, then see the next-token distribution plotted.
-Skips, saying why, without Chromium (as tests/test_browser.py does)."""
+"""The prompting page in Debian's Chromium: generate text, see the next-token distribution drawn, step a token,
+and measure in-context learning on a few sentences with its chart drawn. Skips, saying why, without Chromium
+(tests/conftest.py)."""
 
 from __future__ import annotations
 
-from tests.test_browser import browser, page, pytestmark  # noqa: F401  (shared fixtures and skip rule)
+import pytest
+
+from tests.conftest import COLOURED_PIXELS_JS, drawn_marks
+
+pytestmark = pytest.mark.browser
+
+TIMEOUT_MS = 120_000  # a hang guard for loading the model and running it, not a measured duration
 
 
-def test_generate_then_see_the_distribution(page, app_url, test_output):
+def test_generate_explore_step_and_measure(page, app_url, test_output):
     from playwright.sync_api import expect
 
     # "load", not "networkidle": a page with gr.State keeps a heartbeat stream open, so the network is never idle.
     page.goto(app_url + "prompting", wait_until="load")
-    page.get_by_text("Prompting and decoding").first.wait_for(timeout=60_000)
+    page.get_by_text("Prompting and decoding").first.wait_for(timeout=TIMEOUT_MS)
+    # 1. Generate a few tokens.
     page.get_by_label("Max new tokens").first.fill("8")
     page.get_by_role("button", name="Generate", exact=True).click()
-    page.get_by_text("new tokens after a").first.wait_for(timeout=120_000)
-    expect(page.get_by_label("Model output")).not_to_have_value("", timeout=60_000)
+    page.get_by_text("new tokens after a").first.wait_for(timeout=TIMEOUT_MS)
+    expect(page.get_by_label("Model output")).not_to_have_value("", timeout=TIMEOUT_MS)
+    # 2. The distribution is drawn, then a step appends a token.
     page.get_by_role("button", name="Show the next-token distribution").click()
-    page.get_by_text("Tokens that can still be drawn").first.wait_for(timeout=60_000)
-    chart = page.locator("#prompting-dist-0")
-    chart.locator("canvas, svg").first.wait_for(timeout=30_000)
+    page.get_by_text("Tokens that can still be drawn").first.wait_for(timeout=TIMEOUT_MS)
+    expect_drawn(page, "#prompting-dist-0")
     page.get_by_role("button", name="Step: append one token").click()
-    expect(page.get_by_label("Tokens stepped so far")).not_to_have_value("", timeout=60_000)
+    expect(page.get_by_label("Tokens stepped so far")).not_to_have_value("", timeout=TIMEOUT_MS)
+    # 3. In-context learning on 4 sentences, 0 and 1 shots: the chart draws its points and error bars.
+    page.get_by_label("N sentences").fill("4")
+    page.get_by_label("Shot counts k").fill("0, 1")
+    page.get_by_role("button", name="Measure", exact=True).click()
+    page.get_by_text("N=4 balanced sentences").first.wait_for(timeout=TIMEOUT_MS)
+    expect_drawn(page, "#prompting-icl-plot")
     page.screenshot(path=str(test_output / "prompting.png"), full_page=True)
     assert page.console_errors == []
+
+
+def expect_drawn(page, selector: str) -> None:
+    """The chart in `selector` drew coloured marks (an empty chart has axes only). Charts render after the data
+    arrives, so this polls (a hang guard) rather than reading once."""
+    page.locator(selector).scroll_into_view_if_needed()
+    page.wait_for_function(f"(selector) => ({COLOURED_PIXELS_JS})(selector) > 0", arg=selector, timeout=TIMEOUT_MS)
+    assert drawn_marks(page, selector) > 0

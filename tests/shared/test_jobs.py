@@ -91,3 +91,12 @@ def test_a_caller_made_stop_event_reaches_the_work():
     with jobs.running(lambda event: event is stop and event.is_set(), name="page-shared", stop=stop) as job:
         pass
     assert job.result is True and job.status == "stopped"
+
+
+def test_the_work_sees_the_callers_context_variables():
+    """gr.Progress finds its event through context variables: a worker must run in the caller's context."""
+    import contextvars
+
+    event_id = contextvars.ContextVar("event_id", default=None)
+    event_id.set("event-42")
+    assert jobs.run(lambda stop: event_id.get(), name="page-context") == "event-42"
