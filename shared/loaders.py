@@ -61,7 +61,16 @@ def load_onnx_causal_lm(spec: LoadSpec, device: str, dtype: str) -> Any:
     return OnnxCausalLM(stored_build(folder, weights, torch_model, read_settings().onnx_dir, name=name))
 
 
+def load_clip(spec: LoadSpec, device: str, dtype: str) -> Any:
+    """A CLIP-style dual encoder with its processor (shared/clip.py): CLIPModel / SiglipModel from the hub, or
+    the VisionTextDualEncoderModel the retrieval page trains."""
+    from shared.clip import load_dual_encoder
+
+    return load_dual_encoder(spec.source, device, torch_dtype(dtype))
+
+
 STANDARD_LOADERS: dict[str, Loader] = {
+    "clip": load_clip,
     "onnx-causal-lm": load_onnx_causal_lm,
     "tokenizer": load_tokenizer,
     "causal-lm": load_pretrained("AutoModelForCausalLM"),

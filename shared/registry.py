@@ -222,10 +222,24 @@ def resolve(role_name: str, choice: str | None = None) -> ModelSource:
     if hub_reachable():
         return ModelSource(role.hub_default, role.hub_default, "hub")
     if role.offline_asset is None:
-        raise ValueError(
-            f"The {role.title} role needs the Hugging Face Hub ({role.hub_default}), and no offline weights ship for it."
-        )
+        saved = newest_saved(role.name)
+        if saved is None:
+            raise ValueError(
+                f"The {role.title} role needs the Hugging Face Hub ({role.hub_default}), and no offline weights ship "
+                "for it: train one on its page, or connect to the hub."
+            )
+        return resolve_local(saved)
     return resolve_local(LOCAL_PREFIX + role.offline_asset)
+
+
+def newest_saved(role_name: str) -> str | None:
+    """The label of the most recently saved local model of a role (the offline default of a role whose weights
+    ship nowhere, such as a CLIP the retrieval page trained); None when there is none."""
+    restore_saved_models()
+    with _local_lock:
+        saved = [(folder.stat().st_mtime, name) for name, (folder, role) in _local_models.items()
+                 if role == role_name and folder.exists()]
+    return LOCAL_PREFIX + max(saved)[1] if saved else None
 
 
 def choices(role_name: str) -> list[str]:

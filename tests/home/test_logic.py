@@ -30,6 +30,6 @@ def test_load_list_and_evict_through_the_cache():
 def test_only_roles_with_a_loader_kind_are_offered_for_loading():
     import pytest
 
-    assert logic.loadable_roles() == ["chat-lm", "encoder", "classifier"]  # no clip or diffusion loader yet
-    with pytest.raises(ValueError, match="The clip role cannot be loaded yet: no page has added a 'clip' loader"):
-        logic.load_model("clip", "")
+    assert logic.loadable_roles() == ["chat-lm", "encoder", "classifier", "clip"]  # no diffusion loader yet
+    with pytest.raises(ValueError, match="The diffusion role cannot be loaded yet: no page has added a 'diffusion'"):
+        logic.load_model("diffusion", "")

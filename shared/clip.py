@@ -1,0 +1,120 @@
+"""CLIP-style dual encoders, as the model cache holds them: one object that embeds texts and images.
+
+    clip = get_cache().get(LoadSpec("clip", source.location, label=source.label))
+    texts = clip.embed_texts(["a photo of a cat", "a sneaker"])       # (2, d) float32, unit length
+    images = clip.embed_images([Image.open(...), ...])                 # (n, d) float32, unit length
+    scores = clip.logit_scale * texts @ images.T                       # what the model's softmax sees
+
+It wraps transformers' CLIPModel / SiglipModel (hub checkpoints) and VisionTextDualEncoderModel (the small
+CLIP trained on the retrieval page, whose image tower reads 28x28 grey images). Images are prepared here,
+once, the same way for training and for search: `pixel_values`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+MAX_TEXT_TOKENS = 77  # CLIP's context; longer queries are cut
+
+
+@dataclass
+class DualEncoder:
+    model: Any  # CLIPModel, SiglipModel or VisionTextDualEncoderModel, in eval mode
+    processor: Any  # its processor: a tokenizer and an image processor
+
+    @property
+    def components(self) -> dict[str, Any]:  # what the model cache measures
+        return {"model": self.model}
+
+    @property
+    def image_channels(self) -> int:
+        return int(getattr(self.model.config.vision_config, "num_channels", 3))
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.config.vision_config.image_size)
+
+    @property
+    def dimension(self) -> int:
+        return int(self.model.config.projection_dim)
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.exp().item())
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Unit-length text embeddings, one row per text."""
+        import torch
+
+        if not texts:
+            raise ValueError("No text to embed: type at least one.")
+        tokens = self.processor.tokenizer(list(texts), padding=True, truncation=True,
+                                          max_length=min(MAX_TEXT_TOKENS, self.processor.tokenizer.model_max_length),
+                                          return_tensors="pt")
+        device = self.model.device
+        with torch.inference_mode():
+            features = self.model.get_text_features(**{k: v.to(device) for k, v in tokens.items()})
+        return normalise(features.float().cpu().numpy())
+
+    def embed_images(self, images: list) -> np.ndarray:
+        """Unit-length image embeddings, one row per PIL image."""
+        import torch
+
+        if not images:
+            raise ValueError("No image to embed.")
+        pixels = pixel_values(self.processor, images, self.image_channels, self.image_size)
+        with torch.inference_mode():
+            features = self.model.get_image_features(pixel_values=pixels.to(self.model.device, self.model.dtype))
+        return normalise(features.float().cpu().numpy())
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (inner product = cosine similarity), float32, contiguous (what faiss takes)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12))
+
+
+def pixel_values(processor: Any, images: list, channels: int, size: int):
+    """The image tower's input for PIL images: the processor's own resizing and normalisation for RGB models;
+    for grey models (the small CLIP) a grey resize to `size` and the processor's mean and std, which is exactly
+    what the training set (Fashion-MNIST, 28x28 grey) goes through in `grey_pixels`."""
+    import torch
+
+    if channels == 3:
+        return processor.image_processor(images=[image.convert("RGB") for image in images],
+                                          return_tensors="pt")["pixel_values"]
+    from PIL import Image
+
+    grey = np.stack([np.asarray(image.convert("L").resize((size, size), Image.BILINEAR)) for image in images])
+    return torch.from_numpy(grey_pixels(processor, grey))
+
+
+def grey_pixels(processor: Any, images: np.ndarray) -> np.ndarray:
+    """uint8 grey images (n, h, w) as the small CLIP's float32 input (n, 1, h, w), normalised like its
+    image processor says (image_mean / image_std)."""
+    mean = float(np.ravel(processor.image_processor.image_mean)[0])
+    std = float(np.ravel(processor.image_processor.image_std)[0])
+    return ((images.astype(np.float32) / 255.0 - mean) / std)[:, None, :, :]
+
+
+def load_dual_encoder(location: str, device: str, torch_dtype: Any) -> DualEncoder:
+    """A dual encoder from a hub id or a saved folder; never with remote code."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(location, trust_remote_code=False)
+    if config.model_type == "vision-text-dual-encoder":
+        model_class = transformers.VisionTextDualEncoderModel
+        processor = transformers.VisionTextDualEncoderProcessor.from_pretrained(location)
+    elif config.model_type in ("clip", "siglip", "chinese_clip"):
+        model_class = transformers.AutoModel
+        processor = transformers.AutoProcessor.from_pretrained(location, trust_remote_code=False)
+    else:
+        raise ValueError(f"{location} is a {config.model_type!r} model, not a CLIP-style dual encoder "
+                         "(clip, siglip or vision-text-dual-encoder).")
+    model = model_class.from_pretrained(location, dtype=torch_dtype, device_map=device, low_cpu_mem_usage=True,
+                                        trust_remote_code=False)
+    return DualEncoder(model.eval(), processor)
