@@ -19,9 +19,20 @@ def test_offline_roles_resolve_to_built_assets():
 
 
 @pytest.mark.parametrize("role", ["clip", "diffusion"])
-def test_roles_without_offline_weights_say_they_need_the_hub(role):
-    with pytest.raises(ValueError, match="needs the Hugging Face Hub"):
+def test_roles_without_offline_weights_say_they_need_the_hub(role, models_home):
+    with pytest.raises(ValueError, match="needs the Hugging Face Hub .* train one on its page"):
         resolve(role)
+
+
+def test_a_role_without_shipped_weights_defaults_offline_to_its_newest_saved_model(models_home):
+    import os
+
+    older = registry.save_local_model("clip-a", "clip", config_writer(1))
+    newer = registry.save_local_model("clip-b", "clip", config_writer(2))
+    os.utime(models_home / "clip-a", (1, 1))  # saved long ago
+    assert resolve("clip").label == newer
+    os.utime(models_home / "clip-b", (0, 0))  # now the older one is the newest
+    assert resolve("clip").label == older
 
 
 def test_hub_choice_offline_is_refused_with_the_offline_choices():
