@@ -18,6 +18,6 @@ os.environ.setdefault("PLAYGROUND_OFFLINE", "1")
 
 
 def result_line(name: str, figure: float | str, goal: str, met: bool, unit: str = "") -> str:
-    """`RESULT name: figure (goal goal) MET|MISSED`; a number is printed with two decimals, then `unit`."""
-    shown = f"{figure:.2f}" if isinstance(figure, (int, float)) else str(figure)
+    """`RESULT name: figure (goal goal) MET|MISSED`; a float is printed with two decimals, then `unit`."""
+    shown = f"{figure:.2f}" if isinstance(figure, float) else str(figure)
     return f"RESULT {name}: {shown}{unit} (goal {goal}) {'MET' if met else 'MISSED'}"

@@ -147,6 +147,33 @@ def line_chart(frame, x: str, y: str, color: str | None = None, title: str = "",
     return chart.properties(title=title, height=height, width=PLOT_WIDTH)
 
 
+def heatmap_chart(matrix, rows: list[str], columns: list[str], row_title: str = "", column_title: str = "",
+                  value_title: str = "similarity", value_format: str = ".2f", height: int = PLOT_HEIGHT):
+    """A matrix as coloured cells with the value written in each (a similarity matrix, attention weights),
+    for `gr.Plot`; rows top to bottom and columns left to right in the order given."""
+    import altair as alt
+    import pandas as pd
+
+    values = [[float(v) for v in row] for row in matrix]
+    if not values or not values[0]:
+        return None
+    frame = pd.DataFrame([{"row": r, "column": c, value_title: v}
+                          for r, row in zip(rows, values) for c, v in zip(columns, row)])
+    encoding = {"x": alt.X(field="column", type="nominal", sort=list(columns), title=column_title,
+                           axis=alt.Axis(labelAngle=-30, labelLimit=160)),
+                "y": alt.Y(field="row", type="nominal", sort=list(rows), title=row_title,
+                           axis=alt.Axis(labelLimit=200))}
+    base = alt.Chart(frame).encode(**encoding)
+    cells = base.mark_rect().encode(color=alt.Color(field=value_title, type="quantitative",
+                                                    scale=alt.Scale(scheme="viridis")),
+                                    tooltip=[alt.Tooltip(field=value_title, type="quantitative",
+                                                         format=value_format)])
+    text = base.mark_text(fontSize=11).encode(
+        text=alt.Text(field=value_title, type="quantitative", format=value_format),
+        color=alt.value("white"))
+    return alt.layer(cells, text).properties(height=max(height, 28 * len(rows)), width=PLOT_WIDTH)
+
+
 def table(headers: list[str], label: str, **kwargs) -> gr.Dataframe:
     """A read-only table of figures. Cells do not wrap, so each column is as wide as its header and values
     (wrapping squeezed a many-column table's headers to a letter a line); a wide table scrolls sideways."""
