@@ -8,22 +8,33 @@
 It wraps transformers' CLIPModel / SiglipModel (hub checkpoints) and VisionTextDualEncoderModel (the small
 CLIP trained on the retrieval page, whose image tower reads 28x28 grey images). Images are prepared here,
 once, the same way for training and for search: `pixel_values`.
+
+The image tower can run on ONNX Runtime instead (`image_backend="onnx"`): exported once through the shared ONNX
+store (shared/onnx_lm.py `stored_build`), checked against PyTorch when built, then used for every image.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 MAX_TEXT_TOKENS = 77  # CLIP's context; longer queries are cut
+IMAGE_BACKENDS = ("pytorch", "onnx")
 
 
 @dataclass
 class DualEncoder:
     model: Any  # CLIPModel, SiglipModel or VisionTextDualEncoderModel, in eval mode
     processor: Any  # its processor: a tokenizer and an image processor
+    image_session: Any = None  # an ONNX Runtime session of the image tower; None: PyTorch runs it
+
+    @property
+    def image_backend(self) -> str:
+        return "pytorch" if self.image_session is None else "onnx"
 
     @property
     def components(self) -> dict[str, Any]:  # what the model cache measures
@@ -66,6 +77,9 @@ class DualEncoder:
         if not images:
             raise ValueError("No image to embed.")
         pixels = pixel_values(self.processor, images, self.image_channels, self.image_size)
+        if self.image_session is not None:
+            features = self.image_session.run(None, {"pixel_values": pixels.float().numpy()})[0]
+            return normalise(features)
         with torch.inference_mode():
             features = self.model.get_image_features(pixel_values=pixels.to(self.model.device, self.model.dtype))
         return normalise(features.float().cpu().numpy())
@@ -118,3 +132,53 @@ def load_dual_encoder(location: str, device: str, torch_dtype: Any) -> DualEncod
     model = model_class.from_pretrained(location, dtype=torch_dtype, device_map=device, low_cpu_mem_usage=True,
                                         trust_remote_code=False)
     return DualEncoder(model.eval(), processor)
+
+
+def export_image_tower(model: Any, folder: Path, weights: str = "fp32") -> Path:
+    """Write `model`'s image tower (pixel values -> image features) to `folder` as model.onnx with a dynamic
+    batch, and the store's info file; the export is checked against PyTorch before it counts as built."""
+    import numpy as np
+    import onnxruntime
+    import torch
+
+    from shared.onnx_lm import INFO_FILE
+
+    if weights != "fp32":
+        raise ValueError(f"the image tower is exported in fp32 only, got {weights!r}")
+
+    class ImageFeatures(torch.nn.Module):
+        def __init__(self, dual_encoder):
+            super().__init__()
+            self.dual_encoder = dual_encoder
+
+        def forward(self, pixel_values):
+            return self.dual_encoder.get_image_features(pixel_values=pixel_values)
+
+    vision = model.config.vision_config
+    example = torch.randn(2, int(getattr(vision, "num_channels", 3)), int(vision.image_size), int(vision.image_size))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    wrapper = ImageFeatures(model.float().eval())
+    torch.onnx.export(wrapper, (example,), str(folder / "model.onnx"), input_names=["pixel_values"],
+                      output_names=["image_features"], opset_version=17, dynamo=False,
+                      dynamic_axes={"pixel_values": {0: "batch"}, "image_features": {0: "batch"}})
+    session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        expected = wrapper(example).numpy()
+    got = session.run(None, {"pixel_values": example.numpy()})[0]
+    if not np.allclose(got, expected, atol=1e-3, rtol=1e-3):
+        raise RuntimeError(f"the ONNX image tower differs from PyTorch by up to {np.abs(got - expected).max():.2g}")
+    (folder / INFO_FILE).write_text(json.dumps({"kind": "clip-image-tower", "weights": weights}))
+    return folder
+
+
+def onnx_image_session(encoder: DualEncoder, location: str, store: Path, name: str):
+    """An ONNX Runtime session of `encoder`'s image tower, exported once into `store` (keyed by the model
+    folder's files) and reused after."""
+    import onnxruntime
+
+    from shared.onnx_lm import stored_build
+
+    folder = stored_build(location, "fp32", lambda: encoder.model, store, name=f"{name}-image-tower",
+                          build=export_image_tower)
+    return onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])

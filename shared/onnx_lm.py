@@ -284,9 +284,11 @@ def fingerprint(source: str | os.PathLike, weights: str) -> str:
 
 
 def stored_build(source: str | os.PathLike, weights: str, load_model: Callable[[], Any], store: str | os.PathLike,
-                 name: str | None = None) -> Path:
+                 name: str | None = None, build: Callable[[Any, Path, str], Any] | None = None) -> Path:
     """The folder of `source`'s build in `weights` under `store`, building it (with `load_model()`, which
-    returns the torch model) when missing. Written to a temporary folder and renamed: never half a build."""
+    returns the torch model) when missing. Written to a temporary folder and renamed: never half a build.
+    `build(model, folder, weights)` writes the build and its INFO_FILE (default: `build_decoder`; the CLIP
+    image tower passes shared.clip.export_image_tower)."""
     if weights not in WEIGHT_FORMATS:
         raise ValueError(f"weights must be one of {WEIGHT_FORMATS}, got {weights!r}")
     target = Path(store) / f"{name or Path(source).name}-{weights}-{fingerprint(source, weights)}"
@@ -296,7 +298,7 @@ def stored_build(source: str | os.PathLike, weights: str, load_model: Callable[[
         target.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
-            build_decoder(load_model(), scratch, weights)
+            (build or build_decoder)(load_model(), scratch, weights)
             if (target / INFO_FILE).is_file():  # another process finished first
                 shutil.rmtree(scratch)
             else:

@@ -9,7 +9,7 @@ from shared import assets
 from shared.cache import LoadSpec, get_cache, loader_kinds
 from shared.device import describe_device
 from shared.hub import LOCAL_PREFIX, hub_reachable, hub_status
-from shared.registry import ROLES, get_role, local_names, resolve
+from shared.registry import ROLES, get_role, newest_saved, resolve
 from shared.settings import read_settings
 
 LOADED_COLUMNS = ["model", "kind", "dtype", "device", "MiB", "load s", "last used"]
@@ -36,8 +36,8 @@ def role_rows() -> list[list[str]]:
         elif role.offline_asset:
             built = "built" if assets.is_built(role.offline_asset) else "built on first use"
             model, origin = LOCAL_PREFIX + role.offline_asset, f"offline package ({built})"
-        elif local_names(role.name):
-            model, origin = local_names(role.name)[0], "saved by a page (local)"
+        elif newest_saved(role.name):
+            model, origin = newest_saved(role.name), "saved by a page (local)"
         else:
             model, origin = role.hub_default, "unavailable offline: needs the hub"
         rows.append([role.name, role.title, model, origin])

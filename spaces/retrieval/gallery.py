@@ -374,17 +374,27 @@ class EmbeddedGallery:
         return embeddings_dir() / self.model_key
 
 
-def encoder_loader(location: str, label: str = "") -> Callable[[], Any]:
-    """A function that returns the model cache's dual encoder for `location`: what `embed_gallery` calls only
-    when some image has no stored vector."""
+def encoder_loader(location: str, label: str = "", image_backend: str = "pytorch") -> Callable[[], Any]:
+    """A function that returns the model cache's dual encoder for `location` (its image tower on PyTorch or ONNX
+    Runtime): what `embed_gallery` calls only when some image has no stored vector. Both backends give the same
+    vectors (to ~1e-5, checked when the ONNX tower is built), so they share the stored embeddings."""
 
     def load_encoder() -> Any:
-        import shared.loaders  # noqa: F401  (registers the "clip" loader)
-        from shared.cache import LoadSpec, get_cache
-
-        return get_cache().get(LoadSpec("clip", location, label=label or location))
+        return dual_encoder(location, label, image_backend)
 
     return load_encoder
+
+
+def dual_encoder(location: str, label: str = "", image_backend: str = "pytorch") -> Any:
+    """The model cache's dual encoder for `location`, its image tower on `image_backend`."""
+    import shared.loaders  # noqa: F401  (registers the "clip" loader)
+    from shared.cache import LoadSpec, get_cache
+
+    label = label or location
+    if image_backend == "pytorch":
+        return get_cache().get(LoadSpec("clip", location, label=label))
+    return get_cache().get(LoadSpec("clip", location, options=(("image_backend", image_backend),),
+                                    label=f"{label} (ONNX image tower)"))
 
 
 _store_locks: dict[str, threading.Lock] = {}

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from shared import jobs
-from shared.cache import LoadSpec, get_cache, short_reason
+from shared.cache import short_reason
 from shared.registry import check_local_name, choices, resolve
 from shared.ui import (HEAVY, LIGHT, PageInfo, gradio_progress, heatmap_chart, line_chart, session_key, table,
                        visitor_errors)
@@ -43,6 +43,7 @@ and it becomes the page's model.
 """
 GALLERIES = {"sample photos": "photos", "Fashion-MNIST test images": "fashion-mnist", "my uploads": "uploads"}
 INDEX_KINDS = {"exact (flat inner product)": "flat", "approximate (HNSW graph)": "hnsw"}
+IMAGE_BACKENDS = {"PyTorch": "pytorch", "ONNX Runtime": "onnx"}
 TRAIN_JOB = "retrieval-train"
 EMBED_JOB = "retrieval-embed"
 EVALUATE_JOB = "retrieval-evaluate"
@@ -61,13 +62,20 @@ class Opened:
     """A visitor's embedded gallery and its index, kept in their session."""
     model_label: str
     location: str
+    image_backend: str  # where query images are embedded: "pytorch" or "onnx"
     embedded: galleries.EmbeddedGallery
     index: object
     kind: str
 
 
-def clip_model(location: str, label: str):
-    return get_cache().get(LoadSpec("clip", location, label=label))
+def clip_model(location: str, label: str, image_backend: str = "pytorch"):
+    return galleries.dual_encoder(location, label, image_backend)
+
+
+def check_backend(image_tower: str) -> str:
+    if image_tower not in IMAGE_BACKENDS:
+        raise ValueError(f"image tower must run on one of {list(IMAGE_BACKENDS)}, got {image_tower!r}")
+    return IMAGE_BACKENDS[image_tower]
 
 
 # ---- 1. model and gallery ---------------------------------------------------------------------------------
@@ -88,17 +96,19 @@ def read_gallery(source: str, uploads, fashion_size) -> galleries.Gallery:
 
 
 @visitor_errors
-def open_gallery(model, gallery, uploads, fashion_size, index_kind, request: gr.Request = None,
+def open_gallery(model, gallery, uploads, fashion_size, index_kind, image_tower="PyTorch", request: gr.Request = None,
                  progress=gr.Progress()):
     """Embed the gallery with the model (only images not stored yet), then open its index."""
     if index_kind not in INDEX_KINDS:
         raise ValueError(f"index must be one of {list(INDEX_KINDS)}, got {index_kind!r}")
+    backend = check_backend(image_tower)
     source = resolve("clip", model)
     items = read_gallery(gallery, uploads, fashion_size)
     report = gradio_progress(progress)
 
     def embed(stop: threading.Event) -> galleries.EmbeddedGallery:
-        return galleries.embed_gallery(items, source.location, galleries.encoder_loader(source.location, source.label),
+        return galleries.embed_gallery(items, source.location,
+                                       galleries.encoder_loader(source.location, source.label, backend),
                                        progress=report, stop=stop)
 
     started = time.perf_counter()
@@ -107,8 +117,9 @@ def open_gallery(model, gallery, uploads, fashion_size, index_kind, request: gr.
     index = search.open_index(embedded, kind)
     seconds = time.perf_counter() - started
     count = len(embedded.gallery)
-    status = (f"**{count} images** of {gallery} with {source.label}: {embedded.embedded_now} embedded now, "
-              f"{count - embedded.embedded_now} reused from disk, in {seconds:.1f} s. Index: {index_kind}.")
+    status = (f"**{count} images** of {gallery} with {source.label}: {embedded.embedded_now} embedded now "
+              f"(image tower on {image_tower}), {count - embedded.embedded_now} reused from disk, in {seconds:.1f} s. "
+              f"Index: {index_kind}.")
     if embedded.stopped:
         status = "Stopped: only the images embedded so far are searchable. " + status
     if kind == "hnsw":
@@ -116,7 +127,7 @@ def open_gallery(model, gallery, uploads, fashion_size, index_kind, request: gr.
     elif "hnsw" in search.index_kinds_for(count):
         status += " An approximate index pays past this size: try it and compare its recall."
     preview = [(item.image, item.caption) for item in embedded.gallery.items[:GALLERY_COLUMNS * 2]]
-    return Opened(source.label, source.location, embedded, index, kind), status, preview
+    return Opened(source.label, source.location, backend, embedded, index, kind), status, preview
 
 
 def stop_embedding(request: gr.Request = None):
@@ -139,7 +150,7 @@ def hits_gallery(hits: list[search.Hit]) -> list[tuple]:
 @visitor_errors
 def search_text(opened, query, k):
     opened = opened_or_error(opened)
-    clip = clip_model(opened.location, opened.model_label)
+    clip = clip_model(opened.location, opened.model_label, opened.image_backend)
     return hits_gallery(search.search_by_text(clip, opened.index, opened.embedded, query, int(k)))
 
 
@@ -148,7 +159,7 @@ def search_image(opened, image, k):
     opened = opened_or_error(opened)
     if image is None:
         raise ValueError("Drop an image to search with.")
-    clip = clip_model(opened.location, opened.model_label)
+    clip = clip_model(opened.location, opened.model_label, opened.image_backend)
     return hits_gallery(search.search_by_image(clip, opened.index, opened.embedded, image, int(k)))
 
 
@@ -164,7 +175,7 @@ def compare(opened, texts, image_count):
     if image_count is None or int(image_count) != image_count or not 1 <= image_count <= 12:
         raise ValueError(f"images to compare must be a whole number from 1 to 12, got {image_count}.")
     items = opened.embedded.gallery.items[:int(image_count)]
-    clip = clip_model(opened.location, opened.model_label)
+    clip = clip_model(opened.location, opened.model_label, opened.image_backend)
     matrix = search.similarity_matrix(clip, lines, [item.image for item in items])
     columns = [f"{i + 1}. {item.caption}"[:28] for i, item in enumerate(items)]
     return heatmap_chart(matrix, lines, columns, value_title="cosine"), [(item.image, c) for item, c in
@@ -353,6 +364,8 @@ def build() -> gr.Blocks:
                                 label="CLIP model", info="A hub id when online, or a local: model trained below.")
             gallery = gr.Radio(list(GALLERIES), value="sample photos", label="Gallery")
             index_kind = gr.Radio(list(INDEX_KINDS), value=list(INDEX_KINDS)[0], label="Index")
+            image_tower = gr.Radio(list(IMAGE_BACKENDS), value="PyTorch", label="Image tower runs on",
+                                   info="ONNX Runtime: exported once, checked against PyTorch; often faster on a CPU.")
         with gr.Row(equal_height=True):
             uploads = gr.File(file_count="multiple", type="filepath", label="My uploads: images or a zip")
             fashion_size = gr.Number(2000, precision=0, minimum=10, maximum=10_000, label="Fashion-MNIST images")
@@ -427,7 +440,7 @@ def build() -> gr.Blocks:
                                "Validation as it trains")
 
         # Events
-        embedding = embed_button.click(open_gallery, [model, gallery, uploads, fashion_size, index_kind],
+        embedding = embed_button.click(open_gallery, [model, gallery, uploads, fashion_size, index_kind, image_tower],
                                        [opened, gallery_status, preview], api_name="retrieval_embed", **HEAVY)
         embed_stop.click(stop_embedding, None, None, cancels=[embedding], api_name="retrieval_embed_stop", **LIGHT)
         gr.on([text_button.click, query.submit], search_text, [opened, query, k], results,

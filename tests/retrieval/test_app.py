@@ -88,7 +88,12 @@ def test_uploads_that_are_not_images_are_refused(client, tiny_clip, tmp_path):
                        index_kind="exact (flat inner product)", api_name="/retrieval_embed")
 
 
-def test_a_short_training_lowers_the_loss_saves_and_searches(client):
+def test_a_short_training_saves_a_clip_that_searches_here_and_after_a_restart(client):
+    """Train a few steps on the page; the saved model searches in this app, and a freshly started app process
+    (nothing in memory) offers it as the CLIP role's offline default and searches with it."""
+    from gradio_client import Client
+
+    from shared.launch import app_process
     from shared.registry import models_dir
 
     name = "small-clip-test"
@@ -102,6 +107,15 @@ def test_a_short_training_lowers_the_loss_saves_and_searches(client):
         assert "images** of Fashion-MNIST test images" in status
         results = client.predict(query="a sneaker", k=5, api_name="/retrieval_search_text")
         assert len(results) == 5
+        with app_process(["app.py"]) as (_, url, _):
+            restarted = Client(url, verbose=False)
+            environment, roles, *_ = restarted.predict(api_name="/home_environment")
+            assert {row[0]: row[2] for row in roles["data"]}["clip"] == f"local:{name}"
+            status, _ = restarted.predict(model=f"local:{name}", gallery="sample photos", uploads=None,
+                                          fashion_size=100, index_kind="exact (flat inner product)",
+                                          api_name="/retrieval_embed")
+            assert "reused from disk" in status
+            assert len(restarted.predict(query="a cat", k=3, api_name="/retrieval_search_text")) == 3
     finally:
         shutil.rmtree(models_dir() / name, ignore_errors=True)
 
@@ -113,3 +127,18 @@ def test_evaluation_reports_templates_and_paraphrases_side_by_side(client, tiny_
     assert 0 <= templates <= 1 and 0 <= paraphrases <= 1
     assert table["text → image recall@10"][0] >= table["text → image recall@1"][0]
     assert "50 Fashion-MNIST test images" in note
+
+
+def test_the_image_tower_on_onnx_runtime_gives_the_same_search(client, tiny_clip, photo):
+    """The ONNX export of the image tower (checked against PyTorch when built) ranks images as PyTorch does."""
+    embed(client, tiny_clip)
+    expected = client.predict(image=handle_file(photo), k=5, api_name="/retrieval_search_image")
+    status, _ = client.predict(model=tiny_clip, gallery="sample photos", uploads=None, fashion_size=100,
+                               index_kind="exact (flat inner product)", image_tower="ONNX Runtime",
+                               api_name="/retrieval_embed")
+    assert "reused from disk" in status
+    got = client.predict(image=handle_file(photo), k=5, api_name="/retrieval_search_image")
+    assert [item["caption"].split(" · ")[1] for item in got] == [item["caption"].split(" · ")[1] for item in expected]
+    from shared.cache import get_cache
+
+    assert any(e["model"] == f"{tiny_clip} (ONNX image tower)" for e in get_cache().entries())
