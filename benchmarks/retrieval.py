@@ -142,10 +142,10 @@ def reopen_calls(folder: Path) -> int:
     return len(calls) - first
 
 
-def small_clip(seconds: float) -> dict:
+def small_clip(seconds: float | None) -> dict:
     from spaces.retrieval.train import PAGE_DEFAULTS, train
 
-    config = dataclasses.replace(PAGE_DEFAULTS, max_seconds=seconds)
+    config = dataclasses.replace(PAGE_DEFAULTS, max_seconds=seconds or PAGE_DEFAULTS.max_seconds)
     started = time.perf_counter()
     results = train(config)
     results["wall_seconds"] = time.perf_counter() - started
@@ -154,7 +154,8 @@ def small_clip(seconds: float) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-seconds", type=float, default=300, help="the small CLIP's training budget")
+    parser.add_argument("--train-seconds", type=float, default=None,
+                        help="the small CLIP's training budget (default: the page's, PAGE_DEFAULTS.max_seconds)")
     parser.add_argument("--skip-training", action="store_true", help="leave out part 4")
     parser.add_argument("--sizes", default="1000,10000,100000", help="stored vectors for the query timings")
     args = parser.parse_args()
