@@ -129,11 +129,16 @@ def get_run(run_id: str | None, finished: bool = False) -> Run:
     return run
 
 
-def stop_runs(key: str) -> str:
-    """Stop session `key`'s training at the next step."""
-    if not jobs.stop(key, JOB_NAME):
-        return "No run is training."
-    return "Stopping at the next step; the best checkpoint so far is kept."
+def stop_runs(key: str) -> list[Run]:
+    """Stop session `key`'s training at the next step and wait until each run has tested and saved its best
+    checkpoint; returns the runs stopped."""
+    with _runs_lock:
+        running = [r for r in RUNS.values() if r.job is not None and r.job.key == (key or jobs.NO_SESSION)
+                   and not r.job.finished]
+    jobs.stop(key, JOB_NAME)
+    for run in running:
+        run.job.join()
+    return running
 
 
 def predict(run_id: str, text: str) -> dict[str, float]:

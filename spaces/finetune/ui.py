@@ -144,7 +144,10 @@ def train_and_watch(run_ids, model, data_source, upload, hub_name, method, freez
 
 
 def stop_training(request: gr.Request = None) -> str:
-    return runs.stop_runs(session_key(request))
+    """Stop this visitor's training, and show how it ended once its best checkpoint is tested and saved. (The
+    streaming event is cancelled; waiting for the run also lets any update it had in flight land first.)"""
+    stopped = runs.stop_runs(session_key(request))
+    return progress_text(stopped[-1]) if stopped else "No run is training."
 
 
 @visitor_errors
