@@ -68,6 +68,7 @@ class ModelSource:
 
 
 MANIFEST = "playground-model.json"
+STALE_SAVE_SECONDS = 3600  # a temporary save folder this old was left by a crash
 log = logging.getLogger("playground.registry")
 
 _local_models: dict[str, tuple[Path, str]] = {}  # name -> (folder, role): models the app saved (a fine-tuned classifier)
@@ -109,7 +110,7 @@ def is_model_folder(folder: Path) -> bool:
 
 def restore_saved_models() -> list[str]:
     """Register every saved model under PLAYGROUND_HOME/models that has a valid manifest (once per folder);
-    returns their labels. Half-written saves left by a crash are removed."""
+    returns their labels. Half-written saves left by a crash (over an hour old) are removed."""
     global _restored_from
     root = models_dir()
     with _local_lock:
@@ -118,8 +119,9 @@ def restore_saved_models() -> list[str]:
         _restored_from = root
         labels = []
         for folder in sorted(root.glob("*")) if root.is_dir() else []:
-            if folder.name.startswith("."):  # .saving-* / .replaced-*: an interrupted save
-                shutil.rmtree(folder, ignore_errors=True)
+            if folder.name.startswith("."):  # .saving-* / .replaced-*: a save under way, or one a crash interrupted
+                if time.time() - folder.stat().st_mtime > STALE_SAVE_SECONDS:  # never another process's live save
+                    shutil.rmtree(folder, ignore_errors=True)
                 continue
             try:
                 manifest = json.loads((folder / MANIFEST).read_text())

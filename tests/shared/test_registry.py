@@ -97,12 +97,16 @@ def config_writer(value):
 
 
 def test_a_saved_model_is_restored_with_its_role_after_a_restart(models_home, monkeypatch):
+    import os
+
     label = registry.save_local_model("kept", "classifier", config_writer(1), source_run="run-7")
     manifest = json.loads((models_home / "kept" / registry.MANIFEST).read_text())
     assert label == "local:kept" and manifest["role"] == "classifier" and manifest["source_run"] == "run-7"
     (models_home / "no-manifest").mkdir()
     (models_home / "no-manifest" / "config.json").write_text("{}")
     (models_home / ".saving-crashed-1234").mkdir()
+    os.utime(models_home / ".saving-crashed-1234", (0, 0))  # left long ago
+    (models_home / ".saving-under-way-5678").mkdir()  # another process saving now
     # A new process: nothing in memory, only the files.
     monkeypatch.setattr(registry, "_local_models", {})
     monkeypatch.setattr(registry, "_restored_from", None)
@@ -110,6 +114,7 @@ def test_a_saved_model_is_restored_with_its_role_after_a_restart(models_home, mo
     assert resolve("classifier", "local:kept").location == str((models_home / "kept").resolve())
     assert "local:no-manifest" not in registry.local_names()  # its role is unknown: not offered
     assert not (models_home / ".saving-crashed-1234").exists()  # a half-written save is cleaned up
+    assert (models_home / ".saving-under-way-5678").exists()  # a live one is left alone
 
 
 def test_saving_over_a_loaded_model_keeps_the_loaded_copy_and_serves_the_new_one(models_home):
