@@ -36,8 +36,8 @@ def role_rows() -> list[list[str]]:
         elif role.offline_asset:
             built = "built" if assets.is_built(role.offline_asset) else "built on first use"
             model, origin = LOCAL_PREFIX + role.offline_asset, f"offline package ({built})"
-        elif newest_saved(role.name):
-            model, origin = newest_saved(role.name), "saved by a page (local)"
+        elif saved := newest_saved(role.name):
+            model, origin = saved, "saved by a page (local)"
         else:
             model, origin = role.hub_default, "unavailable offline: needs the hub"
         rows.append([role.name, role.title, model, origin])

@@ -48,6 +48,7 @@ MAX_UNPACKED_BYTES = 500 * 2**20  # a zip's members together, once unpacked
 MAX_ZIP_RATIO = 200  # unpacked / packed size of one member: real images barely compress, bombs do a lot
 KEPT_SIDE = 1024  # images are kept at most this wide or tall: CLIP sees 224 pixels, the page shows thumbnails
 FASHION_MNIST_LIMIT = 2000  # Fashion-MNIST images a gallery takes unless asked for more (the test split has 10,000)
+GALLERIES = {"sample photos": "photos", "Fashion-MNIST test images": "fashion-mnist", "my uploads": "uploads"}
 BATCH_SIZE = 32  # images per model call
 SHARD_ROWS = 512  # vectors per stored shard: a Stop loses at most one shard's worth of work
 CAPTION_CHARS = 80
@@ -149,6 +150,21 @@ def fashion_mnist_gallery(limit: int | None = FASHION_MNIST_LIMIT) -> Gallery:
         name = str(names[int(label)])
         items.append(item_from_image(Image.fromarray(pixels, mode="L"), f"{name} #{position}", name))
     return make_gallery("fashion-mnist", items)
+
+
+def choose_gallery(source: str, uploads: Sequence[Upload] | None, fashion_size: int | None) -> Gallery:
+    """The gallery a visitor picked on the page (one of GALLERIES), checked."""
+    if source not in GALLERIES:
+        raise ValueError(f"gallery must be one of {list(GALLERIES)}, got {source!r}")
+    if GALLERIES[source] == "photos":
+        return photos_gallery()
+    if GALLERIES[source] == "fashion-mnist":
+        if fashion_size is None or int(fashion_size) != fashion_size or not 10 <= fashion_size <= 10_000:
+            raise ValueError(f"Fashion-MNIST images must be a whole number from 10 to 10000, got {fashion_size}.")
+        return fashion_mnist_gallery(int(fashion_size))
+    if not uploads:
+        raise ValueError("Upload images (files or a zip) first, or choose another gallery.")
+    return read_uploads(list(uploads))
 
 
 # ----------------------------------------------------------------------------------------------------------

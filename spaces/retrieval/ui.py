@@ -41,7 +41,6 @@ several texts with several images, and label an image with words you choose. No 
 **train a small CLIP below** (a ViT image tower from scratch plus the frozen MiniLM text tower, on Fashion-MNIST)
 and it becomes the page's model.
 """
-GALLERIES = {"sample photos": "photos", "Fashion-MNIST test images": "fashion-mnist", "my uploads": "uploads"}
 INDEX_KINDS = {"exact (flat inner product)": "flat", "approximate (HNSW graph)": "hnsw"}
 IMAGE_BACKENDS = {"PyTorch": "pytorch", "ONNX Runtime": "onnx"}
 TRAIN_JOB = "retrieval-train"
@@ -81,20 +80,6 @@ def check_backend(image_tower: str) -> str:
 # ---- 1. model and gallery ---------------------------------------------------------------------------------
 
 
-def read_gallery(source: str, uploads, fashion_size) -> galleries.Gallery:
-    if source not in GALLERIES:
-        raise ValueError(f"gallery must be one of {list(GALLERIES)}, got {source!r}")
-    if GALLERIES[source] == "photos":
-        return galleries.photos_gallery()
-    if GALLERIES[source] == "fashion-mnist":
-        if fashion_size is None or int(fashion_size) != fashion_size or not 10 <= fashion_size <= 10_000:
-            raise ValueError(f"Fashion-MNIST images must be a whole number from 10 to 10000, got {fashion_size}.")
-        return galleries.fashion_mnist_gallery(int(fashion_size))
-    if not uploads:
-        raise ValueError("Upload images (files or a zip) first, or choose another gallery.")
-    return galleries.read_uploads(list(uploads))
-
-
 @visitor_errors
 def open_gallery(model, gallery, uploads, fashion_size, index_kind, image_tower="PyTorch", request: gr.Request = None,
                  progress=gr.Progress()):
@@ -103,7 +88,7 @@ def open_gallery(model, gallery, uploads, fashion_size, index_kind, image_tower=
         raise ValueError(f"index must be one of {list(INDEX_KINDS)}, got {index_kind!r}")
     backend = check_backend(image_tower)
     source = resolve("clip", model)
-    items = read_gallery(gallery, uploads, fashion_size)
+    items = galleries.choose_gallery(gallery, uploads, fashion_size)
     report = gradio_progress(progress)
 
     def embed(stop: threading.Event) -> galleries.EmbeddedGallery:
@@ -218,7 +203,7 @@ def evaluate_model(model, test_images, request: gr.Request = None, progress=gr.P
     """Zero-shot accuracy and recall@k of any CLIP on the Fashion-MNIST test images, with the captions the small
     CLIP trained on and with paraphrases no training caption used (the embeddings are stored and reused)."""
     source = resolve("clip", model)
-    items = read_gallery("Fashion-MNIST test images", None, test_images)
+    items = galleries.choose_gallery("Fashion-MNIST test images", None, test_images)
     report = gradio_progress(progress)
 
     def measure(stop: threading.Event) -> dict[str, float]:
@@ -362,7 +347,7 @@ def build() -> gr.Blocks:
         with gr.Row(equal_height=True):
             model = gr.Dropdown(models, value=models[0] if models else None, allow_custom_value=True,
                                 label="CLIP model", info="A hub id when online, or a local: model trained below.")
-            gallery = gr.Radio(list(GALLERIES), value="sample photos", label="Gallery")
+            gallery = gr.Radio(list(galleries.GALLERIES), value="sample photos", label="Gallery")
             index_kind = gr.Radio(list(INDEX_KINDS), value=list(INDEX_KINDS)[0], label="Index")
             image_tower = gr.Radio(list(IMAGE_BACKENDS), value="PyTorch", label="Image tower runs on",
                                    info="ONNX Runtime: exported once, checked against PyTorch; often faster on a CPU.")
