@@ -58,9 +58,6 @@ def configure(args: argparse.Namespace) -> None:
         from shared.settings import go_offline
 
         go_offline()
-    from shared.registry import restore_saved_models
-
-    restore_saved_models()  # models a page saved in an earlier run are offered again
 
 
 def launch(demo, args: argparse.Namespace, **kwargs: Any):

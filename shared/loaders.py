@@ -36,22 +36,28 @@ def load_pretrained(auto_class_name: str) -> Loader:
     return load
 
 
+def local_folder(source: str, patterns: list[str]) -> str:
+    """`source` as a local folder: itself when it is one, else the hub repository's files matching `patterns`,
+    downloaded once (what an ONNX build reads and keys on)."""
+    from pathlib import Path
+
+    if Path(source).is_dir():
+        return source
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(source, allow_patterns=patterns)
+
+
 def load_onnx_causal_lm(spec: LoadSpec, device: str, dtype: str) -> Any:
     """A causal LM as an ONNX Runtime decoder (shared/onnx_lm.py), converted once from its transformers weights
     and stored; options: weights = "int8" (default), "int4" or "fp32". ONNX Runtime runs it on the CPU."""
-    from pathlib import Path
-
     from shared.onnx_lm import OnnxCausalLM, stored_build
     from shared.settings import read_settings
 
     options = dict(spec.options)
     weights = options.pop("weights", "int8")
-    folder = spec.source
-    if not Path(folder).is_dir():  # a hub id: the files, for the build's key and for the conversion
-        from huggingface_hub import snapshot_download
-
-        folder = snapshot_download(spec.source, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt",
-                                                                "*.model", "*.jinja"])
+    # A hub id: its files, for the build's key and for the conversion.
+    folder = local_folder(spec.source, ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model", "*.jinja"])
 
     def torch_model():
         return load_pretrained("AutoModelForCausalLM")(LoadSpec("causal-lm", folder, options=tuple(options.items())),
@@ -65,8 +71,6 @@ def load_clip(spec: LoadSpec, device: str, dtype: str) -> Any:
     """A CLIP-style dual encoder with its processor (shared/clip.py): CLIPModel / SiglipModel from the hub, or
     the VisionTextDualEncoderModel the retrieval page trains. Option image_backend="onnx" runs the image tower
     on ONNX Runtime (exported once, stored under PLAYGROUND_HOME/onnx/)."""
-    from pathlib import Path
-
     from shared.clip import IMAGE_BACKENDS, load_dual_encoder, onnx_image_session
     from shared.settings import read_settings
 
@@ -74,10 +78,8 @@ def load_clip(spec: LoadSpec, device: str, dtype: str) -> Any:
     if backend not in IMAGE_BACKENDS:
         raise ValueError(f"image_backend must be one of {IMAGE_BACKENDS}, got {backend!r}")
     folder = spec.source
-    if backend == "onnx" and not Path(folder).is_dir():  # a hub id: its files, for the export's key
-        from huggingface_hub import snapshot_download
-
-        folder = snapshot_download(spec.source, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
+    if backend == "onnx":  # a hub id: its files, for the export's key
+        folder = local_folder(spec.source, ["*.json", "*.safetensors", "*.txt", "*.model"])
     encoder = load_dual_encoder(folder, "cpu" if backend == "onnx" else device,
                                 torch_dtype("float32" if backend == "onnx" else dtype))
     if backend == "onnx":
