@@ -6,7 +6,7 @@
 The model is a transformers `VisionTextDualEncoderModel`: a small ViT image tower trained from scratch on 28x28
 grey images, and the offline MiniLM as text tower, frozen by default ("locked text", as in LiT). Training uses
 CLIP's symmetric contrastive loss with a learnable temperature, with class-aware soft targets (two pairs of the
-same class in a batch are not negatives of each other). Captions come from spaces/retrieval/captions.py.
+same class in a batch are not negatives of each other). Captions come from shared/fashion_captions.py.
 
 Because the frozen text tower sees only a few hundred distinct captions, their `pooler_output` is computed
 once and only the text projection trains on top of it; the saved model is nevertheless an ordinary
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spaces.retrieval import captions
+from shared import fashion_captions as captions
 
 
 @dataclass

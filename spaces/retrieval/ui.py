@@ -22,7 +22,8 @@ from shared.cache import short_reason
 from shared.registry import check_local_name, choices, resolve
 from shared.ui import (HEAVY, LIGHT, PageInfo, gradio_progress, heatmap_chart, line_chart, session_key, table,
                        visitor_errors)
-from spaces.retrieval import captions, search
+from shared import fashion_captions as captions
+from spaces.retrieval import search
 from spaces.retrieval import gallery as galleries
 from spaces.retrieval.train import PAGE_DEFAULTS, TrainConfig, evaluate, train
 

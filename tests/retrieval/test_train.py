@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spaces.retrieval import captions, train
+from shared import fashion_captions as captions
+from spaces.retrieval import train
 
 # A ViT of one small layer over 14x14 patches, a few hundred images, steps rather than seconds.
 TINY = dict(max_seconds=0.0, max_steps=6, batch_size=32, hidden_size=32, layers=1, heads=2, intermediate_size=64,

@@ -1,6 +1,7 @@
-"""Captions for training the small CLIP on Fashion-MNIST, and the wordings held out to test it.
+"""Captions for Fashion-MNIST (it has only labels): the small CLIP trains on them (retrieval page), the tiny Stable
+Diffusion too (diffusion page); and the wordings held out to test them.
 
-    from spaces.retrieval import captions
+    from shared import fashion_captions as captions
     captions.training_captions()          # [(caption, class index), ...]: every template x every class wording
     captions.class_captions(3)            # the training captions of class 3 (Dress): zero-shot prompt ensemble
     captions.PARAPHRASES["Sneaker"]       # wordings never used in training: zero-shot on unseen text
