@@ -56,7 +56,7 @@ browser:
 	  echo "WARNING: could not install chromium; the browser tests will be skipped"
 
 bench: setup assets
-	for script in benchmarks/*.py; do $(PY) $$script || exit 1; done
+	for script in benchmarks/[!_]*.py; do $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) .cache test-output

@@ -88,8 +88,17 @@ def load_clip(spec: LoadSpec, device: str, dtype: str) -> Any:
     return encoder
 
 
+def load_diffusion(spec: LoadSpec, device: str, dtype: str) -> Any:
+    """A diffusers text-to-image pipeline as a `Diffuser` (shared/diffusion.py): the pipeline with the page's
+    fast path (TAESD decoder where one fits, and what benchmarks/diffusion.py chose) unless option fast=False."""
+    from shared.diffusion import load_diffuser
+
+    return load_diffuser(spec.source, device, torch_dtype(dtype), fast=dict(spec.options).get("fast", True))
+
+
 STANDARD_LOADERS: dict[str, Loader] = {
     "clip": load_clip,
+    "diffusion": load_diffusion,
     "onnx-causal-lm": load_onnx_causal_lm,
     "tokenizer": load_tokenizer,
     "causal-lm": load_pretrained("AutoModelForCausalLM"),

@@ -55,7 +55,7 @@ ROLES: dict[str, Role] = {
         Role("clip", "CLIP image-text model", "clip", "openai/clip-vit-base-patch32",
              ("openai/clip-vit-large-patch14", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"), None),
         Role("diffusion", "Stable Diffusion pipeline", "diffusion", "stabilityai/sd-turbo",
-             ("stable-diffusion-v1-5/stable-diffusion-v1-5", "segmind/tiny-sd"), None),
+             ("stable-diffusion-v1-5/stable-diffusion-v1-5", "segmind/tiny-sd", "stabilityai/sdxl-turbo"), None),
     )
 }
 

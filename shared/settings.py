@@ -40,6 +40,10 @@ class Settings:
         return self.home / "downloads"
 
     @property
+    def outputs_dir(self) -> Path:  # what pages make for visitors to keep (the diffusion page's PNGs)
+        return self.home / "outputs"
+
+    @property
     def onnx_dir(self) -> Path:  # ONNX builds of models (shared/onnx_lm.py), one folder per weights and format
         return self.home / "onnx"
 

@@ -182,4 +182,9 @@ def table(headers: list[str], label: str, **kwargs) -> gr.Dataframe:
 
 def launch_kwargs() -> dict:
     """The arguments every launch() passes (Gradio 6 takes theme and css here, not in Blocks)."""
-    return {"theme": THEME, "css": CSS, "ssr_mode": False, "show_error": True}
+    from shared.settings import read_settings
+
+    # Images a page writes for visitors to keep (the diffusion page's PNGs) live under PLAYGROUND_HOME/outputs,
+    # which may be outside the working directory: Gradio serves only the folders it is told of.
+    return {"theme": THEME, "css": CSS, "ssr_mode": False, "show_error": True,
+            "allowed_paths": [str(read_settings().outputs_dir)]}

@@ -27,9 +27,17 @@ def test_load_list_and_evict_through_the_cache():
     assert not any(row["model"] == "local:all-minilm-l6-v2" for row in get_cache().entries())
 
 
-def test_only_roles_with_a_loader_kind_are_offered_for_loading():
+def test_only_roles_with_a_loader_kind_are_offered_for_loading(monkeypatch):
+    import dataclasses
+
     import pytest
 
-    assert logic.loadable_roles() == ["chat-lm", "encoder", "classifier", "clip"]  # no diffusion loader yet
-    with pytest.raises(ValueError, match="The diffusion role cannot be loaded yet: no page has added a 'diffusion'"):
-        logic.load_model("diffusion", "")
+    from shared import registry
+
+    assert logic.loadable_roles() == ["chat-lm", "encoder", "classifier", "clip", "diffusion"]
+    # A role whose page has not added its loader kind yet is not offered, and loading it says why.
+    video = dataclasses.replace(registry.ROLES["clip"], name="video", kind="video-pipeline")
+    monkeypatch.setitem(registry.ROLES, "video", video)
+    assert "video" not in logic.loadable_roles()
+    with pytest.raises(ValueError, match="The video role cannot be loaded yet: no page has added a 'video-pipeline'"):
+        logic.load_model("video", "")
