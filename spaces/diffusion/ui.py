@@ -48,6 +48,7 @@ minutes on a CPU) and it becomes the page's model.
 """
 TRAIN_JOB = "diffusion-train"
 POLL_SECONDS = 1.0
+STOP_WAIT_SECONDS = 120.0  # a step of a big model on a CPU can take this long
 STRIP_TIMESTEPS = (0, 100, 250, 500, 750, 999)
 DECODERS = {"fast (TAESD) where the model has one": False, "full VAE": True}
 NO_MODEL = ("No Stable Diffusion model here yet: the hub is not reachable and none was trained. Train the tiny one "
@@ -180,8 +181,16 @@ def generate_images(model, prompt, negative_prompt, steps, guidance, seed, width
                [str(p) for p in generation.paths] or None, history, history.gallery(), replay_plot(generation))
 
 
-def stop_generating(request: gr.Request = None):
-    jobs.stop(session_key(request), GENERATE_JOB)
+def stop_generating(request: gr.Request = None) -> str:
+    """Interrupt this visitor's run at its next step and answer once it has ended (the streaming event is
+    cancelled, so its last preview stays on the page)."""
+    key = session_key(request)
+    if not jobs.stop(key, GENERATE_JOB):
+        return "Nothing is running."
+    deadline = time.monotonic() + STOP_WAIT_SECONDS
+    while jobs.active(GENERATE_JOB, key=key) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "Stopped at the visitor's request: the last preview is the model's guess at that step."
 
 
 @visitor_errors
@@ -383,7 +392,8 @@ def train_tiny_sd(name, stages, vae_seconds, vae_steps, unet_seconds, unet_steps
         base = resolve("diffusion", newest).location
     config = dataclasses.replace(PAGE_DEFAULTS, stages=stages, vae_seconds=float(vae_seconds),
                                  vae_steps=int(vae_steps), unet_seconds=float(unet_seconds),
-                                 unet_steps=int(unet_steps), train_size=int(train_size), save_as=name, base=base)
+                                 unet_steps=int(unet_steps), train_size=int(train_size),
+                                 save_as="" if stages == "vae" else name, base=base)  # a VAE alone makes no images
     config.check()
     # 2. Start the training job; 3. stream what it records until it ends.
     run = RUNS[session_key(request)] = TrainingRun(config)
@@ -574,8 +584,8 @@ def build() -> gr.Blocks:
         sweeping = sweep_button.click(
             guidance_sweep, [model, prompt, negative_prompt, steps, seed, width, height, scheduler, decoder, history],
             [sweep_images, sweep_note, history, history_gallery], api_name="diffusion_guidance_sweep", **HEAVY)
-        generate_stop.click(stop_generating, None, None, cancels=[generating, sweeping], api_name="diffusion_stop",
-                            **LIGHT)
+        generate_stop.click(stop_generating, None, status, cancels=[generating, sweeping],
+                            api_name="diffusion_stop", **LIGHT)
         gr.on([replay_step.input, replay_image.submit], replay, [last_run, replay_step, replay_image],
               [noisy_view, clean_view, replay_note], api_name="diffusion_replay", trigger_mode="always_last",
               **LIGHT)

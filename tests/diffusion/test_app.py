@@ -91,18 +91,22 @@ def test_a_png_without_settings_is_refused(client, tmp_path):
         client.predict(png=handle_file(str(tmp_path / "plain.png")), api_name="/diffusion_restore")
 
 
-def test_stop_interrupts_the_generation(client, tiny_sd):
-    """A long run (100 steps, 4 images of 256x256) is stopped after its first preview: the job ends at once."""
+def test_stop_interrupts_the_generation(app_url, tiny_sd):
+    """A long run (100 steps, 4 images of 256x256) is stopped after its first preview: Stop answers once the
+    pipeline has ended, well before its 100 steps. (A client of its own: cancelling an event ends that session's
+    streams.)"""
+    from gradio_client import Client
+
+    client = Client(app_url, verbose=False)
     job = client.submit(**form(tiny_sd, steps=100, width=256, height=256, batch=4), api_name="/diffusion_generate")
     deadline = time.monotonic() + 120
     while not job.outputs() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert job.outputs(), "no preview came"
-    client.predict(api_name="/diffusion_stop")
-    while jobs.active("diffusion-generate") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert jobs.active("diffusion-generate") == 0
+    assert "Stopped" in client.predict(api_name="/diffusion_stop")
+    assert jobs.active("diffusion-generate", key=client.session_hash) == 0
     assert len(job.outputs()) < 100
+    assert client.predict(api_name="/diffusion_stop") == "Nothing is running."
 
 
 def test_the_forward_process_and_its_schedules(client):
@@ -138,3 +142,12 @@ def test_a_short_training_saves_a_pipeline_that_generates_here_and_after_a_resta
             assert len(images) == 1 and "made in 6 of 6 steps" in status
     finally:
         shutil.rmtree(models_dir() / name, ignore_errors=True)
+
+
+def test_the_vae_alone_trains_shows_reconstructions_and_saves_nothing(client):
+    status, vae_loss, unet_loss, reconstructions, samples, model = client.predict(
+        name="tiny-vae-test", stages="vae", vae_seconds=0, vae_steps=8, unet_seconds=0, unet_steps=0,
+        train_size=100, api_name="/diffusion_train")
+    assert "done" in status and "No pipeline saved" in status
+    assert vae_loss["type"] == "altair" and unet_loss is None and reconstructions and not samples
+    assert "local:tiny-vae-test" not in registry.choices("diffusion")

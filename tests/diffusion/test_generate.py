@@ -124,3 +124,27 @@ def test_a_stopped_job_leaves_nothing_running(diffuser, tmp_path):
 def test_overlong_prompt_is_refused_with_the_token_limit(diffuser, tmp_path):
     with pytest.raises(ValueError, match="the text encoder reads at most 16"):
         run(diffuser, dataclasses.replace(SETTINGS, prompt="a very long prompt " * 8), tmp_path)
+
+
+def test_a_turbo_pipeline_of_the_real_classes_runs_the_hub_models_path(tmp_path):
+    """What sd-turbo gets from the hub, on tiny random weights of the same classes: CLIPTextModel and CLIPTokenizer
+    (77 tokens), Euler with trailing timesteps, TAESD (AutoencoderTiny) for previews and the final decode, and no
+    guidance whatever the visitor asks (a turbo model)."""
+    import torch
+
+    from shared.diffusion import load_diffuser
+    from tests.shared.test_diffusion import make_tiny_pipeline, make_tiny_taesd
+
+    folder = make_tiny_pipeline(tmp_path / "tiny-sd-turbo")
+    diffuser = load_diffuser(str(folder), "cpu", torch.float32,
+                             fast_decoder_source=str(make_tiny_taesd(tmp_path / "taesd")))
+    assert diffuser.turbo and diffuser.fast_decoder is not None
+    settings = Settings(model="stabilityai/sd-turbo", prompt="a cat", steps=2, guidance=7.0, seed=3, width=32,
+                        height=32, scheduler="Euler", batch=2)
+    updates, generation = run(diffuser, settings, tmp_path / "out")
+    assert generation.settings.guidance == 0.0 and generation.decoder == "TAESD (fast)"
+    assert len(updates) == 3 and len(generation.images) == 2 and generation.images[0].size == (32, 32)
+    assert read_png_settings(generation.paths[1]) == dataclasses.replace(settings, guidance=0.0, seed=4, batch=1)
+    # The visitor may ask for the full VAE instead.
+    last = list(stream_images(diffuser, settings, out_dir=tmp_path / "full-vae", full_decoder=True))[-1]
+    assert last.generation.decoder == "the full VAE"
