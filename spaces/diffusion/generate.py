@@ -2,7 +2,7 @@
 
     diffuser = load_diffuser("local:tiny-sd")                     # through the model cache
     for update in stream_images(diffuser, Settings(prompt="a photo of a sneaker", steps=25, ...)):
-        update.step, update.preview                               # x̂₀ of every image after each step
+        update.step, update.preview                               # x̂₀ of every image after each step (cheap decode)
     update.generation.images, update.generation.paths             # the final images, as PNGs with their settings
     replay_frames(diffuser, update.generation, step=10)           # the noisy latent x_t and x̂₀ at step 10
 
@@ -190,7 +190,8 @@ def stream_images(diffuser, settings: Settings, stop: threading.Event | None = N
         if stop.is_set():
             pipeline._interrupt = True
             return {}
-        updates.put(Update(index + 1, settings.steps, diffuser.preview(torch.from_numpy(records[-1].predicted))))
+        preview = diffuser.preview(torch.from_numpy(records[-1].predicted), cheap=True)
+        updates.put(Update(index + 1, settings.steps, preview))
         return {}
 
     def work(stop: threading.Event) -> Any:

@@ -134,6 +134,11 @@ def test_previews_have_the_output_size(tiny, monkeypatch):
     linear = diffuser.preview(latents)
     assert [image.size for image in linear] == [(SIZE, SIZE)] and linear[0].mode == "RGB"
     assert pixels(linear).tolist() != pixels(small).tolist()
+    # With TAESD: previews through it, except cheap ones (one after every step), which take the linear map.
+    fast = diffusion.load_diffuser(str(tiny["pipeline"]), "cpu", torch.float32, fast=True,
+                                   fast_decoder_source=str(tiny["taesd"]))
+    assert pixels(fast.preview(latents)).tolist() == pixels(fast.decode(latents)).tolist()
+    assert pixels(fast.preview(latents, cheap=True)).tolist() == pixels(linear).tolist()
 
 
 def test_a_fast_decoder_that_cannot_load_leaves_a_note(tiny, tmp_path, monkeypatch):
