@@ -148,3 +148,14 @@ def test_a_turbo_pipeline_of_the_real_classes_runs_the_hub_models_path(tmp_path)
     # The visitor may ask for the full VAE instead.
     last = list(stream_images(diffuser, settings, out_dir=tmp_path / "full-vae", full_decoder=True))[-1]
     assert last.generation.decoder == "the full VAE"
+
+
+def test_running_out_of_memory_is_a_message_and_the_next_run_works(diffuser, tmp_path, monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8589934592 bytes.")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(diffuser.pipe.unet, "forward", no_memory)
+        with pytest.raises(ValueError, match="ran out of memory at 32x32 x 1: lower the size or the batch"):
+            run(diffuser, SETTINGS, tmp_path / "a")
+    assert len(run(diffuser, SETTINGS, tmp_path / "b")[1].images) == 1
