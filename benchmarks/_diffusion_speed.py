@@ -34,12 +34,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("PLAYGROUND_OFFLINE", "1")
-
-from common import result_line  # noqa: E402  (benchmarks/ is on sys.path: this script runs from it)
+from common import result_line  # first: puts the repo on sys.path and keeps the hub off
 
 SIZE = 512
 STEPS = (1, 4)
@@ -55,8 +50,7 @@ def write_sd_turbo(folder: Path, seed: int = 0) -> tuple[Path, Path]:
                            UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    sys.path.insert(0, str(REPO_ROOT / "tests" / "retrieval"))
-    from tiny import write_tokenizer_files  # a byte-level BPE that CLIPTokenizer accepts (no CLIP vocab offline)
+    from tests.retrieval.tiny import write_tokenizer_files  # a byte-level BPE CLIPTokenizer accepts (no CLIP vocab offline)
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(  # SD 2.1's UNet at 512 px

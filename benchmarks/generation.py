@@ -35,14 +35,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("PLAYGROUND_OFFLINE", "1")
-
-from common import result_line  # noqa: E402  (benchmarks/ is on sys.path: this script runs from it)
+from common import result_line  # first: puts the repo on sys.path and keeps the hub off
 
 PROMPT_TOKENS = 128
 NEW_TOKENS = 64
