@@ -31,7 +31,6 @@ UNet trained so far (its EMA) is still assembled, sampled and saved.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import threading
@@ -42,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared import config_cli
 from shared import fashion_captions as captions
 from spaces.diffusion import tiny
 
@@ -152,34 +152,13 @@ FLAG_HELP: dict[str, str] = {
 }
 
 
-def flag_words(name: str, value) -> list[str]:
-    """How one field's value reads on the command line: ["--vae-steps", "50"]."""
-    flag = name.replace("_", "-")
-    if isinstance(value, bool):
-        return [f"--{flag}" if value else f"--no-{flag}"]
-    return [f"--{flag}", str(value)]
-
-
 def command_line(config: TrainConfig, processes: int = 1) -> str:
     """The shell command that runs this configuration as a script (what the page shows)."""
-    defaults = asdict(TrainConfig())
-    launcher = (f"accelerate launch --multi_gpu --num_processes {processes} -m" if processes > 1 else "python -m")
-    changed = [word for name, value in asdict(config).items() if value != defaults[name]
-               for word in flag_words(name, value)]
-    return " ".join([launcher, "spaces.diffusion.train", *changed])
+    return config_cli.command_line(config, "spaces.diffusion.train", processes)
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    parser = argparse.ArgumentParser(description="Train the tiny Stable Diffusion on Fashion-MNIST (accelerate-ready).")
-    for name, default in asdict(TrainConfig()).items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=FLAG_HELP[name])
-        else:
-            parser.add_argument(flag, type=type(default), default=default, help=FLAG_HELP[name])
-    config = TrainConfig(**vars(parser.parse_args(argv)))
-    config.check()
-    return config
+    return config_cli.parse_config(TrainConfig, FLAG_HELP, "Train the tiny Stable Diffusion on Fashion-MNIST (accelerate-ready).", argv)
 
 
 # ---------------------------------------------------------------------------------------------------------

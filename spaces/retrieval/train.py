@@ -22,7 +22,6 @@ model (by validation zero-shot accuracy) to --output-dir; --save-as also saves i
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import threading
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared import config_cli
 from shared import fashion_captions as captions
 
 
@@ -118,34 +118,13 @@ FLAG_HELP: dict[str, str] = {
 }
 
 
-def flag_words(name: str, value) -> list[str]:
-    """How one field's value reads on the command line: ["--max-steps", "50"], ["--no-soft-targets"], ..."""
-    flag = name.replace("_", "-")
-    if isinstance(value, bool):
-        return [f"--{flag}" if value else f"--no-{flag}"]
-    return [f"--{flag}", str(value)]
-
-
 def command_line(config: TrainConfig, processes: int = 1) -> str:
     """The shell command that runs this configuration as a script (what the page shows)."""
-    defaults = asdict(TrainConfig())
-    launcher = (f"accelerate launch --multi_gpu --num_processes {processes} -m" if processes > 1 else "python -m")
-    changed = [word for name, value in asdict(config).items() if value != defaults[name]
-               for word in flag_words(name, value)]
-    return " ".join([launcher, "spaces.retrieval.train", *changed])
+    return config_cli.command_line(config, "spaces.retrieval.train", processes)
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    parser = argparse.ArgumentParser(description="Train a small CLIP on Fashion-MNIST (accelerate-ready).")
-    for name, default in asdict(TrainConfig()).items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=FLAG_HELP[name])
-        else:
-            parser.add_argument(flag, type=type(default), default=default, help=FLAG_HELP[name])
-    config = TrainConfig(**vars(parser.parse_args(argv)))
-    config.check()
-    return config
+    return config_cli.parse_config(TrainConfig, FLAG_HELP, "Train a small CLIP on Fashion-MNIST (accelerate-ready).", argv)
 
 
 # ---------------------------------------------------------------------------------------------------------
