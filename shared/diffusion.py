@@ -310,9 +310,9 @@ def onnx_session(path: Path):
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-class OnnxUNet(torch.nn.Module):
-    """Stands in for UNet2DConditionModel inside the pipeline: the same config and call, run by ONNX Runtime
-    in float32 (what the pipeline reads: config, dtype, device; and the forward it calls each step)."""
+class OnnxStandIn(torch.nn.Module):
+    """A pipeline part run by an ONNX Runtime session on the CPU in float32: what the pipeline reads of it
+    (config, dtype, device) besides the forward each subclass defines."""
 
     def __init__(self, session: Any, config: Any):
         super().__init__()
@@ -326,6 +326,11 @@ class OnnxUNet(torch.nn.Module):
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")
+
+
+class OnnxUNet(OnnxStandIn):
+    """Stands in for UNet2DConditionModel inside the pipeline: the same config and call, run by ONNX Runtime
+    in float32 (what the pipeline reads: config, dtype, device; and the forward it calls each step)."""
 
     def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None, cross_attention_kwargs=None,
                 added_cond_kwargs=None, return_dict=True, **unused):
@@ -343,21 +348,8 @@ class OnnxUNet(torch.nn.Module):
         return (noise,) if not return_dict else _Output(sample=noise)
 
 
-class OnnxTextEncoder(torch.nn.Module):
+class OnnxTextEncoder(OnnxStandIn):
     """Stands in for CLIPTextModel inside the pipeline: (last_hidden_state, pooler_output) from ONNX Runtime."""
-
-    def __init__(self, session: Any, config: Any):
-        super().__init__()
-        self.session = session
-        self.config = config
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.float32
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
 
     def forward(self, input_ids, attention_mask=None, output_hidden_states=False, **unused):
         if output_hidden_states:
