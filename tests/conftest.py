@@ -63,6 +63,15 @@ def client(app_url):
 
 
 @pytest.fixture
+def own_client(app_url):
+    """A client session of its own. Tests that press a Stop use it: a Stop's `cancels=` ends the streams of the
+    session that called it, so on the shared `client` it could cancel the next test's call."""
+    from gradio_client import Client
+
+    return Client(app_url, verbose=False)
+
+
+@pytest.fixture
 def test_output(request) -> Path:
     folder = TEST_OUTPUT / request.node.name.replace("/", "_").replace("[", "-").replace("]", "")
     folder.mkdir(parents=True, exist_ok=True)

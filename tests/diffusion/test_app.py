@@ -91,13 +91,10 @@ def test_a_png_without_settings_is_refused(client, tmp_path):
         client.predict(png=handle_file(str(tmp_path / "plain.png")), api_name="/diffusion_restore")
 
 
-def test_stop_interrupts_the_generation(app_url, tiny_sd):
+def test_stop_interrupts_the_generation(own_client, tiny_sd):
     """A long run (100 steps, 4 images of 256x256) is stopped after its first preview: Stop answers once the
-    pipeline has ended, well before its 100 steps. (A client of its own: cancelling an event ends that session's
-    streams.)"""
-    from gradio_client import Client
-
-    client = Client(app_url, verbose=False)
+    pipeline has ended, well before its 100 steps."""
+    client = own_client
     job = client.submit(**form(tiny_sd, steps=100, width=256, height=256, batch=4), api_name="/diffusion_generate")
     deadline = time.monotonic() + 120
     while not job.outputs() and time.monotonic() < deadline:

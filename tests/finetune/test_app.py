@@ -57,7 +57,8 @@ def test_short_run_lowers_the_loss_and_writes_a_loadable_model(client):
     assert table["data"][-1][0] == run.id and "test movies" in table["headers"]
 
 
-def test_stop_mid_run_keeps_a_loadable_checkpoint(client):
+def test_stop_mid_run_keeps_a_loadable_checkpoint(own_client):
+    client = own_client
     import torch
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification

@@ -147,7 +147,8 @@ def test_the_client_recipe_calls_the_endpoint_by_its_parameter_names_and_reprodu
 
 @pytest.mark.parametrize("how, backend", [("stop endpoint", "pytorch"), ("job.cancel", "pytorch"),
                                           ("stop endpoint", "auto"), ("job.cancel", "auto")])
-def test_stop_ends_this_visitors_decoder_job(client, how, backend, monkeypatch):
+def test_stop_ends_this_visitors_decoder_job(own_client, how, backend, monkeypatch):
+    client = own_client
     generating = (generation.GENERATE_JOB, client.session_hash)
     assert wait_for(jobs_running, *generating, 0), "an earlier generation of this client still runs"
     decoders = record_jobs(monkeypatch)
@@ -257,10 +258,12 @@ def test_in_context_learning_refuses_bad_settings(client, inputs, message):
         client.predict(model=MODEL, backend=BACKEND, **inputs, api_name="/prompting_icl")
 
 
-def test_the_evaluation_reports_progress_and_its_stop_keeps_partial_results(client, monkeypatch):
+def test_the_evaluation_reports_progress_and_its_stop_keeps_partial_results(own_client, monkeypatch):
     """The evaluation runs in a job's thread; its progress must still reach the visitor's progress bar, and the
     Stop endpoint must end the job, keeping the sentences scored so far."""
     from gradio.queueing import Queue
+
+    client = own_client
 
     reported: list[str] = []
     set_progress = Queue.set_progress
