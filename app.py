@@ -23,7 +23,7 @@ from shared.launch import configure, launch, parse_args
 
 # Topic pages in navigation order. A page is served once its package (spaces/<name>/ui.py) exists; pages
 # whose topic is not built yet are simply absent, never shown as placeholders.
-TOPIC_PAGES = ("prompting", "finetune", "retrieval", "diffusion", "quantization")
+TOPIC_PAGES = ("prompting", "finetune", "retrieval", "diffusion", "quantization", "inside")
 
 
 def available_pages(names: list[str]) -> list[str]:

@@ -115,8 +115,10 @@ def grey_pixels(processor: Any, images: np.ndarray) -> np.ndarray:
     return ((images.astype(np.float32) / 255.0 - mean) / std)[:, None, :, :]
 
 
-def load_dual_encoder(location: str, device: str, torch_dtype: Any) -> DualEncoder:
-    """A dual encoder from a hub id or a saved folder; never with remote code."""
+def load_dual_encoder(location: str, device: str, torch_dtype: Any, attn_implementation: str | None = None
+                      ) -> DualEncoder:
+    """A dual encoder from a hub id or a saved folder; never with remote code. `attn_implementation`: None for
+    the library's choice, "eager" for towers that return their attention weights."""
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(location, trust_remote_code=False)
@@ -131,6 +133,16 @@ def load_dual_encoder(location: str, device: str, torch_dtype: Any) -> DualEncod
                          "(clip, siglip or vision-text-dual-encoder).")
     model = model_class.from_pretrained(location, dtype=torch_dtype, device_map=device, low_cpu_mem_usage=True,
                                         trust_remote_code=False)
+    if attn_implementation:
+        # from_pretrained(attn_implementation=...) reaches only the top config of a dual encoder (transformers
+        # 4.57), not its towers; set_attn_implementation sets the towers' configs too. Its warning that it
+        # "could not check" a sub-model is about models it cannot find; the towers are plain modules here.
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()
+        try:
+            model.set_attn_implementation(attn_implementation)
+        finally:
+            transformers.logging.set_verbosity(verbosity)
     return DualEncoder(model.eval(), processor)
 
 

@@ -70,18 +70,21 @@ def load_onnx_causal_lm(spec: LoadSpec, device: str, dtype: str) -> Any:
 def load_clip(spec: LoadSpec, device: str, dtype: str) -> Any:
     """A CLIP-style dual encoder with its processor (shared/clip.py): CLIPModel / SiglipModel from the hub, or
     the VisionTextDualEncoderModel the retrieval page trains. Option image_backend="onnx" runs the image tower
-    on ONNX Runtime (exported once, stored under PLAYGROUND_HOME/onnx/)."""
+    on ONNX Runtime (exported once, stored under PLAYGROUND_HOME/onnx/); attn_implementation="eager" makes
+    the towers return attention weights."""
     from shared.clip import IMAGE_BACKENDS, load_dual_encoder, onnx_image_session
     from shared.settings import read_settings
 
-    backend = dict(spec.options).get("image_backend", "pytorch")
+    options = dict(spec.options)
+    backend = options.get("image_backend", "pytorch")
     if backend not in IMAGE_BACKENDS:
         raise ValueError(f"image_backend must be one of {IMAGE_BACKENDS}, got {backend!r}")
     folder = spec.source
     if backend == "onnx":  # a hub id: its files, for the export's key
         folder = local_folder(spec.source, ["*.json", "*.safetensors", "*.txt", "*.model"])
     encoder = load_dual_encoder(folder, "cpu" if backend == "onnx" else device,
-                                torch_dtype("float32" if backend == "onnx" else dtype))
+                                torch_dtype("float32" if backend == "onnx" else dtype),
+                                attn_implementation=options.get("attn_implementation"))
     if backend == "onnx":
         name = spec.name.replace("local:", "").replace("/", "--").split(" ")[0]
         encoder.image_session = onnx_image_session(encoder, folder, read_settings().onnx_dir, name)

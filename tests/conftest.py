@@ -100,18 +100,32 @@ def page(browser):
     context.close()
 
 
-# Counts the pixels a chart has drawn in colour (lines, points, bars) inside `selector`: axes, grid and text
-# are grey, so an empty chart counts ~0 however many <canvas>/<svg> elements it has.
+# Counts the pixels a chart has drawn in colour (lines, points, bars, cells) inside `selector`: axes, grid and
+# text are grey, so an empty chart counts ~0 however many <canvas>/<svg> elements it has. A matplotlib figure
+# in gr.Plot is an <img>: its pixels are read through a canvas of its own.
 COLOURED_PIXELS_JS = """(selector) => {
   const root = document.querySelector(selector);
   if (!root) return -1;
   let count = 0;
-  for (const canvas of root.querySelectorAll('canvas')) {
-    const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  const coloured = (data) => {
+    let n = 0;
     for (let i = 0; i < data.length; i += 4) {
       const [r, g, b, a] = [data[i], data[i + 1], data[i + 2], data[i + 3]];
-      if (a > 128 && Math.max(r, g, b) - Math.min(r, g, b) > 60) count++;
+      if (a > 128 && Math.max(r, g, b) - Math.min(r, g, b) > 60) n++;
     }
+    return n;
+  };
+  for (const canvas of root.querySelectorAll('canvas')) {
+    count += coloured(canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data);
+  }
+  for (const img of root.querySelectorAll('img')) {
+    if (!img.complete || !img.naturalWidth) continue;
+    const canvas = document.createElement('canvas');
+    canvas.width = img.naturalWidth;
+    canvas.height = img.naturalHeight;
+    const context = canvas.getContext('2d');
+    context.drawImage(img, 0, 0);
+    count += coloured(context.getImageData(0, 0, canvas.width, canvas.height).data);
   }
   for (const mark of root.querySelectorAll('svg .mark-line path, svg .mark-symbol path, svg .mark-rect path')) {
     if ((mark.getAttribute('d') || '').length > 10) count += 100;
