@@ -385,6 +385,17 @@ class OnnxCausalLM:
         empty = ort.OrtValue.ortvalue_from_numpy(np.zeros(self.kv_shape, dtype=np.float32))
         return self._run(list(ids), [empty] * (2 * self.layers), 0)
 
+    def extend(self, state: DecoderState, ids: Sequence[int]) -> tuple[np.ndarray, DecoderState]:
+        """The logits after `state`'s sequence followed by `ids`, and the longer sequence's state; `state` itself
+        is left as it was (ONNX Runtime writes the grown cache to new values), so many continuations can share
+        one prefix: the same logits as prefill(prefix + ids), bit for bit, at the cost of `ids` alone."""
+        if not ids:
+            raise ValueError("nothing to extend the sequence with")
+        if state.length + len(ids) > self.config.max_position_embeddings:
+            raise ValueError(f"the sequence would have {state.length + len(ids)} tokens; the model takes at most "
+                             f"{self.config.max_position_embeddings}")
+        return self._run(list(ids), state.cache, state.length)
+
     def step(self, state: DecoderState, token: int) -> np.ndarray:
         """The logits after appending `token` to the sequence of `state` (updated in place)."""
         if state.length >= self.config.max_position_embeddings:

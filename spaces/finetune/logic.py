@@ -6,12 +6,12 @@ run the same code.
 
 from __future__ import annotations
 
-import csv
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from shared.assets import VADER_FILES, read_sentiment
+from shared.labeled_csv import read_labeled_csv
 
 METHODS = ("full", "freeze", "head", "lora")
 METHOD_TITLES = {
@@ -25,9 +25,6 @@ EXTRA_DOMAINS = tuple(d for d in VADER_FILES if d != "movies")  # tweets, amazon
 SPLIT_SEED = 2014  # the fixed split of the movie sentences; a run's own seed only subsamples and shuffles
 TEST_FRACTION = 0.1
 VALIDATION_FRACTION = 0.1
-MAX_UPLOAD_BYTES = 20 * 2**20
-MAX_UPLOAD_ROWS = 200_000
-MAX_TEXT_CHARS = 5_000
 
 
 @dataclass(frozen=True)
@@ -78,52 +75,6 @@ def movie_dataset(train_size: int, validation_size: int, test_size: int, seed: i
         tests[domain] = subsample(rows, other_domain_size, seed)
     return Dataset(subsample(train, train_size, seed), subsample(validation, validation_size, seed), tests,
                    MOVIE_LABELS, "movie-review sentences (Hutto & Gilbert, 2014)")
-
-
-def read_labeled_csv(path: str | Path) -> tuple[list[tuple[str, int]], tuple[str, ...]]:
-    """Rows of an uploaded CSV with `text` and `label` columns; labels may be words or numbers.
-
-    Raises ValueError naming the problem: too large, not CSV, missing columns, empty rows, a single class.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    if size > MAX_UPLOAD_BYTES:
-        raise ValueError(f"The CSV is {size / 2**20:.1f} MiB; the limit is {MAX_UPLOAD_BYTES // 2**20} MiB.")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise ValueError("The file is not UTF-8 text: upload a CSV file with `text` and `label` columns.") from None
-    try:
-        reader = csv.DictReader(text.splitlines())
-        columns = [c.strip().lower() for c in (reader.fieldnames or [])]
-        rows = list(reader)
-    except csv.Error as error:
-        raise ValueError(f"The file is not a readable CSV: {error}") from None
-    missing = [c for c in ("text", "label") if c not in columns]
-    if missing:
-        raise ValueError(f"The CSV needs the columns text and label; missing: {', '.join(missing)} "
-                         f"(found: {', '.join(columns) or 'none'}).")
-    if len(rows) > MAX_UPLOAD_ROWS:
-        raise ValueError(f"The CSV has {len(rows):,} rows; the limit is {MAX_UPLOAD_ROWS:,}.")
-    keys = {c.strip().lower(): c for c in reader.fieldnames}
-    examples, empty = [], []
-    for number, row in enumerate(rows, start=2):  # line 1 is the header
-        sentence, label = (row.get(keys["text"]) or "").strip(), (row.get(keys["label"]) or "").strip()
-        if not sentence or not label:
-            empty.append(number)
-            continue
-        examples.append((sentence[:MAX_TEXT_CHARS], label))
-    if empty:
-        shown = ", ".join(map(str, empty[:10])) + (" ..." if len(empty) > 10 else "")
-        raise ValueError(f"{len(empty)} row(s) have an empty text or label (lines {shown}); remove or fill them.")
-    label_names = tuple(sorted({label for _, label in examples}))
-    if len(label_names) < 2:
-        raise ValueError(f"Every row has the same label ({label_names[0] if label_names else 'none'}): "
-                         "a classifier needs at least two classes.")
-    if len(examples) < 20:
-        raise ValueError(f"The CSV has {len(examples)} labeled rows; at least 20 are needed to train and validate.")
-    index = {name: i for i, name in enumerate(label_names)}
-    return [(sentence, index[label]) for sentence, label in examples], label_names
 
 
 def csv_dataset(path: str | Path, train_size: int, validation_size: int, test_size: int, seed: int) -> Dataset:

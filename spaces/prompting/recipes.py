@@ -73,10 +73,12 @@ def generate_client_recipe(url: str, model: str, backend: str, instruction: str,
                          notes={"backend": "runs on: " + ", ".join(BACKENDS)})
 
 
-def icl_client_recipe(url: str, model: str, backend: str, n_sentences: int, shot_counts: Sequence[int],
-                      seed: int) -> str:
-    """A gradio_client call of the page's in-context learning endpoint with the same settings."""
-    inputs = {"model": model, "backend": backend, "n_sentences": n_sentences,
-              "shot_counts": ", ".join(str(k) for k in shot_counts), "seed": seed}
-    return client_recipe(url, "/prompting_icl", inputs, ["plot", "accuracy", "confusion", "status", "recipe"],
-                         "status")
+def icl_client_recipe(url: str, model: str, backend: str, settings: Any, calibration: bool) -> str:
+    """A gradio_client call of the page's in-context learning endpoint with the same settings (an uploaded CSV
+    is left out: the recipe evaluates the movie sentences)."""
+    inputs = {"model": model, "backend": backend, "n_sentences": settings.n,
+              "shot_counts": ", ".join(str(k) for k in settings.shot_counts), "seed": settings.base_seed,
+              "seeds": settings.seeds, "formats": list(settings.formats), "label_words": settings.label_set,
+              "demo_labels": settings.demo_labels, "calibration": calibration, "data_file": None}
+    outputs = ["accuracy_plot", "bias_plot", "summary", "bias", "all_runs", "prompts", "status", "recipe"]
+    return client_recipe(url, "/prompting_icl", inputs, outputs, "status")

@@ -1,8 +1,8 @@
 """The prompting page's UI: `build()` returns its Blocks. Alone: `python -m spaces.prompting`.
 
 Four parts on one prompt: the prompt builder, generation (streamed, timed, stoppable), the next-token
-explorer (temperature, top-k and top-p side by side, one step at a time), and in-context learning measured
-on labeled movie sentences.
+explorer (temperature, top-k and top-p side by side, one step at a time), and an in-context-learning lab on
+labeled movie sentences (formats, label words, demonstration labels, seeds, calibration).
 
 Handlers only turn widget values into calls of the page's modules and their results into widget values:
 the checks live in those modules (ValueError -> gr.Error through @visitor_errors), and long work runs as
@@ -41,8 +41,6 @@ BACKEND_INFO = ("ONNX Runtime runs Llama/Qwen2/Mistral-style models as one fused
                 "on a CPU ~3x faster than PyTorch. int8 weights are a little less exact than float32.")
 DEFAULT_PRESET = "sentiment"
 DEFAULT_URL = "http://127.0.0.1:7860/"
-ICL_SUMMARY_COLUMNS = ["shots", "N", "correct", "accuracy", "95% CI low", "95% CI high"]
-ICL_CONFUSION_COLUMNS = ["shots", "true label", "predicted positive", "predicted negative"]
 
 
 def rows_of(examples) -> list[list]:
@@ -201,32 +199,75 @@ def step(model, backend, instruction, examples, shots, query, mode, temperature,
 # ---- in-context learning -------------------------------------------------------------------------------
 
 
-def icl_chart(results: list[icl.IclResult]):
-    """Accuracy against k, with each k's Wilson 95% interval as an error bar (k that were not reached left out)."""
-    rows = [(r.shots, r.accuracy, *r.interval) for r in results if r.n]
-    frame = pd.DataFrame(rows, columns=["shots", "accuracy", "low", "high"])
-    return line_chart(frame, "shots", "accuracy", low="low", high="high", y_domain=(0, 1),
-                      title="Error bars: Wilson 95% intervals")
+SUMMARY_COLUMNS = ["setting", "shots", "seeds", "N", "accuracy", "lowest seed", "highest seed", "95% CI low",
+                   "95% CI high"]
+BIAS_COLUMNS = ["setting", "shots", "predicted positive", "mean P(positive word)",
+                "label words' share of the vocabulary", "content-free P(positive word)"]
+RUN_COLUMNS = ["run", *SUMMARY_COLUMNS]
 
 
-def icl_tables(results: list[icl.IclResult]) -> tuple[list[list], list[list]]:
-    summary, confusion = [], []
-    for r in results:
-        low, high = r.interval
-        summary.append([r.shots, r.n, r.correct, round(r.accuracy, 3), round(low, 3), round(high, 3)])
-        for truth, word in enumerate(icl.ICL_LABEL_WORDS):
-            confusion.append([r.shots, word, r.confusion[truth][1], r.confusion[truth][0]])
-    return summary, confusion
+def icl_charts(rows: list[dict]):
+    """Accuracy against k and the share predicted positive against k, one line per setting. Error bars: the
+    lowest and highest seed where a setting has several, the Wilson 95% interval where it has one."""
+    if not rows:
+        return None, None
+    frame = pd.DataFrame(rows)
+    several = frame["seeds"] > 1
+    frame["low"] = frame["spread low"].where(several, frame["CI low"])
+    frame["high"] = frame["spread high"].where(several, frame["CI high"])
+    accuracy = line_chart(frame, "shots", "accuracy", color="line", low="low", high="high", y_domain=(0, 1))
+    bias = line_chart(frame, "shots", "predicted positive", color="line", y_domain=(0, 1))
+    # The settings' names are long: one per legend line, whole.
+    return (accuracy.configure_legend(columns=1, labelLimit=600),
+            bias.configure_legend(columns=1, labelLimit=600))
+
+
+def summary_row(row: dict) -> list:
+    return [row["setting"], row["shots"], row["seeds"], row["N"], round(row["accuracy"], 3),
+            round(row["spread low"], 3), round(row["spread high"], 3), round(row["CI low"], 3),
+            round(row["CI high"], 3)]
+
+
+def bias_rows(run: icl.IclRun, rows: list[dict]) -> list[list]:
+    positive = run.label_words[1]
+    priors = {}
+    for cell in run.cells:
+        if cell.n:
+            priors.setdefault((cell.format, cell.shots), []).append(cell.prior[1])
+    return [[row["setting"], row["shots"], round(row["predicted positive"], 3), round(row[f"P({positive})"], 3),
+             round(row["label words' share of the vocabulary"], 3),
+             round(float(sum(priors[(row["format"], row["shots"])]) / len(priors[(row["format"], row["shots"])])), 3)
+             if not row["calibrated"] else ""]
+            for row in rows]
+
+
+def prompts_markdown(run: icl.IclRun) -> str:
+    parts = []
+    for fmt, text in run.example_prompts.items():
+        shots = max(run.settings.shot_counts)
+        parts.append(f"**{fmt}** ({icl.FORMATS[fmt]}), {shots}-shot, the first test sentence of seed "
+                     f"{run.settings.base_seed}:\n\n```text\n{text}\n```")
+    return "\n\n".join(parts)
 
 
 @visitor_errors
-def measure_icl(model, backend, n_sentences, shot_counts, seed, request: gr.Request = None,
-                progress=gr.Progress()):
-    run = icl.measure_icl(model, backend, n_sentences, shot_counts, seed, progress=gradio_progress(progress),
+def measure_icl(model, backend, n_sentences, shot_counts, seed, seeds, formats, label_words, demo_labels,
+                calibration, data_file, history, request: gr.Request = None, progress=gr.Progress()):
+    settings = icl.check_settings(n_sentences, shot_counts, seed, seeds, formats, label_words, demo_labels)
+    run = icl.measure_icl(model, backend, settings, data_file=data_file or None, progress=gradio_progress(progress),
                           key=session_key(request))
-    summary, confusion = icl_tables(run.results)
-    recipe = recipes.icl_client_recipe(page_url(request), run.model_label, backend, run.n, run.shot_counts, run.seed)
-    return icl_chart(run.results), summary, confusion, run.describe(), recipe
+    rows = run.summary_rows(calibration=bool(calibration))
+    number = 1 + max([entry["run"] for entry in history or []], default=0)
+    history = [*(history or []), *({**row, "run": number, "line": f"{number}: {row['setting']}"} for row in rows)]
+    accuracy, bias = icl_charts(history)
+    recipe = recipes.icl_client_recipe(page_url(request), run.model_label, backend, settings, bool(calibration))
+    return (accuracy, bias, [summary_row(row) for row in rows], bias_rows(run, rows),
+            [[entry["run"], *summary_row(entry)] for entry in history], prompts_markdown(run), run.describe(),
+            recipe, history)
+
+
+def clear_icl_runs():
+    return None, None, [], []
 
 
 def stop_icl(request: gr.Request = None) -> None:
@@ -303,22 +344,47 @@ def build() -> gr.Blocks:
                                 height=260, elem_id=f"prompting-dist-{i}") for i, stage in enumerate(sampling.STAGES)]
         token_table = table(["rank", "token", "id", *sampling.STAGES], "Top next tokens")
 
-        # 4. In-context learning measured
-        gr.Markdown("## 4. In-context learning, measured\nScore the model on N movie-review sentences (half "
-                    "positive, half negative, drawn with the seed) with k examples in the prompt. The answer is "
-                    "the label word the model finds more likely (*positive* vs *negative*), not parsed text.\n\n"
+        # 4. In-context learning, a lab
+        gr.Markdown("## 4. In-context learning, a lab\nScore the model on N movie-review sentences (half positive, "
+                    "half negative) with k demonstrations in the prompt, and find out what moves the accuracy: the "
+                    "**prompt format**, the **label words**, the demonstrations' **labels** (true, flipped or "
+                    "random; Min et al. 2022) and their **draw and order** (each seed draws its own, shared by every "
+                    "test sentence). The answer is the label word the model finds more likely, not parsed text. "
+                    "**Contextual calibration** (Zhao et al. 2021) asks the model about content-free inputs "
+                    "(\"N/A\", \"\", \"[MASK]\") with the same prompt and divides that prior out; it may help or "
+                    "hurt: the lab measures it. Every run of your session stays in the tables and plots below.\n\n"
                     f"<span class='playground-note'>Data: {SENTIMENT_CITATION}</span>")
         with gr.Row(equal_height=True):
             icl_n = gr.Number(40, precision=0, minimum=2, maximum=icl.ICL_MAX_EXAMPLES, label="N sentences")
             icl_shots = gr.Textbox("0, 1, 4", label="Shot counts k")
-            icl_seed = gr.Number(0, precision=0, minimum=0, maximum=sampling.SEED_LIMIT, label="Seed")
+            icl_seed = gr.Number(0, precision=0, minimum=0, maximum=sampling.SEED_LIMIT, label="First seed")
+            icl_seeds = gr.Number(3, precision=0, minimum=1, maximum=icl.ICL_MAX_SEEDS,
+                                  label="Seeds (draws of demonstrations)")
+        with gr.Row(equal_height=True):
+            icl_formats = gr.CheckboxGroup(list(icl.FORMATS), value=["chat turns"], label="Prompt formats")
+            icl_words = gr.Dropdown(list(icl.LABEL_SETS), value="positive / negative", label="Label words")
+            icl_demo_labels = gr.Radio(list(icl.DEMO_LABELS), value="gold", label="Demonstrations' labels")
+            icl_calibration = gr.Checkbox(True, label="Also show calibrated accuracy")
+        with gr.Accordion("Your own data: a CSV with text and label columns, two labels (the label words)",
+                          open=False):
+            icl_file = gr.File(label="CSV (instead of the movie sentences)", file_types=[".csv"], type="filepath")
         with gr.Row():
             icl_run = gr.Button("Measure", variant="primary")
             icl_stop = gr.Button("Stop", variant="stop")
+            icl_clear = gr.Button("Clear the session's runs")
         icl_status = gr.Markdown()
-        icl_plot = gr.Plot(label="Accuracy against k", elem_id="prompting-icl-plot")
-        icl_summary = table(ICL_SUMMARY_COLUMNS, "Accuracy with Wilson 95% intervals")
-        icl_confusion = table(ICL_CONFUSION_COLUMNS, "Confusion table")
+        icl_history = gr.State([])
+        with gr.Row():
+            icl_plot = gr.Plot(label="Accuracy against k, every run of the session (error bars: lowest to highest "
+                                     "seed; the Wilson 95% interval with one seed)", elem_id="prompting-icl-plot")
+            icl_bias_plot = gr.Plot(label="Label bias: the share predicted positive (the sentences are half positive: "
+                                          "0.5 is unbiased)", elem_id="prompting-icl-bias")
+        icl_summary = table(SUMMARY_COLUMNS, "This run: accuracy, mean over seeds, with their spread and the pooled "
+                                             "Wilson 95% interval")
+        icl_bias = table(BIAS_COLUMNS, "This run: label bias")
+        icl_runs = table(RUN_COLUMNS, "Every run of the session")
+        with gr.Accordion("The exact prompts", open=False):
+            icl_prompts = gr.Markdown()
         with gr.Accordion("Recipe: reproduce this measurement", open=False):
             icl_code = gr.Code(language="python", label="gradio_client", interactive=False)
 
@@ -341,9 +407,12 @@ def build() -> gr.Blocks:
         gr.on([model.change, backend.change, instruction.change, examples.change, shots.change, query.change],
               clear_walk, None, [walk, walked], api_name="prompting_clear_walk", show_progress="hidden", **LIGHT)
         reset_button.click(reset_walk, [*builder, *filters], explored, api_name="prompting_reset", **HEAVY)
-        measuring = icl_run.click(measure_icl, [model, backend, icl_n, icl_shots, icl_seed],
-                                  [icl_plot, icl_summary, icl_confusion, icl_status, icl_code],
-                                  api_name="prompting_icl", **HEAVY)
+        measuring = icl_run.click(measure_icl, [model, backend, icl_n, icl_shots, icl_seed, icl_seeds, icl_formats,
+                                                icl_words, icl_demo_labels, icl_calibration, icl_file, icl_history],
+                                  [icl_plot, icl_bias_plot, icl_summary, icl_bias, icl_runs, icl_prompts, icl_status,
+                                   icl_code, icl_history], api_name="prompting_icl", **HEAVY)
+        icl_clear.click(clear_icl_runs, None, [icl_plot, icl_bias_plot, icl_runs, icl_history],
+                        api_name="prompting_icl_clear", **LIGHT)
         # Stop: set this visitor's job's stop event (so the thread under the event ends too) and cancel the event.
         stop.click(stop_generation, None, None, cancels=[generating], api_name="prompting_stop", **LIGHT)
         icl_stop.click(stop_icl, None, None, cancels=[measuring], api_name="prompting_icl_stop", **LIGHT)

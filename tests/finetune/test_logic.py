@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from shared import labeled_csv
 from shared.assets import ensure
 from spaces.finetune import logic
 from spaces.finetune.train import TrainConfig, command_line, create_model, parse_args
@@ -124,7 +125,7 @@ def test_bad_csv_is_refused_with_the_reason(tmp_path, content, message):
 
 
 def test_csv_too_large(tmp_path, monkeypatch):
-    monkeypatch.setattr(logic, "MAX_UPLOAD_BYTES", 100)
+    monkeypatch.setattr(labeled_csv, "MAX_UPLOAD_BYTES", 100)
     with pytest.raises(ValueError, match="the limit is"):
         logic.read_labeled_csv(write(tmp_path, "text,label\n" + "x" * 200 + ",1\n"))
 

@@ -30,7 +30,8 @@ TABLE = {"headers": prompts.EXAMPLE_COLUMNS, "data": PRESET["examples"]}
 HANG_GUARD_S = 180.0  # only so that a broken Stop fails the test instead of hanging the suite
 GENERATE_PARAMETERS = ["model", "backend", "instruction", "examples", "shots", "query", "mode", "temperature",
                        "top_k", "top_p", "max_new_tokens", "repetition_penalty", "seed"]
-ICL_PARAMETERS = ["model", "backend", "n_sentences", "shot_counts", "seed"]
+ICL_PARAMETERS = ["model", "backend", "n_sentences", "shot_counts", "seed", "seeds", "formats", "label_words",
+                  "demo_labels", "calibration", "data_file"]
 
 
 def builder_inputs(**changes) -> dict:
@@ -231,31 +232,79 @@ def chart_rows(plot: dict) -> list[dict]:
     return rows
 
 
-def test_in_context_learning_runs_on_a_few_sentences(client):
-    plot, summary, confusion, status, recipe = client.predict(model=MODEL, backend=BACKEND, n_sentences=4,
-                                                              shot_counts="0, 1", seed=0, api_name="/prompting_icl")
+LAB = {"seeds": 2, "label_words": "positive / negative", "demo_labels": "gold", "calibration": True,
+       "data_file": None}
+
+
+def test_a_two_format_comparison_returns_both_and_keeps_every_run(own_client):
+    """Two formats, two seeds, k = 0 and 1 on 4 sentences: a row per format, k and calibration; a second run
+    joins the session's table and plot. (A client of its own: the session's runs are its state.)"""
+    client = own_client
+    accuracy, bias, summary, shares, runs, prompts_text, status, recipe = client.predict(
+        model=MODEL, backend=BACKEND, n_sentences=4, shot_counts="0, 1", seed=0,
+        formats=["chat turns", "plain text"], **LAB, api_name="/prompting_icl")
     rows = summary["data"]
-    assert [row[0] for row in rows] == [0, 1] and all(row[1] == 4 for row in rows)
-    for shots, n, correct, accuracy, low, high in rows:
-        assert 0 <= low <= accuracy <= high <= 1 and accuracy == pytest.approx(correct / n, abs=1e-3)
-    assert len(confusion["data"]) == 4 and sum(r[2] + r[3] for r in confusion["data"]) == 8
-    assert "N=4 balanced sentences, seed 0" in status
-    points = chart_rows(plot)  # one point per k, with its interval for the error bar
-    assert [p["shots"] for p in points] == [0, 1]
-    assert all(p["low"] <= p["accuracy"] <= p["high"] for p in points)
-    assert '"errorbar"' in plot["plot"]
+    assert [(row[0], row[1]) for row in rows] == [
+        ("chat turns · positive/negative", 0), ("chat turns · positive/negative", 1),
+        ("plain text · positive/negative", 0), ("plain text · positive/negative", 1),
+        ("chat turns · positive/negative · calibrated", 0), ("chat turns · positive/negative · calibrated", 1),
+        ("plain text · positive/negative · calibrated", 0), ("plain text · positive/negative · calibrated", 1)]
+    for setting, shots, seeds, n, mean, lowest, highest, low, high in rows:
+        assert seeds == 2 and n == 8 and lowest <= mean <= highest and 0 <= low <= high <= 1
+    assert [row[0] for row in shares["data"]] == [row[0] for row in rows]
+    assert all(0 <= row[2] <= 1 for row in shares["data"])  # the share predicted positive
+    assert "**chat turns**" in prompts_text and "**plain text**" in prompts_text and "<|im_start|>" in prompts_text
+    assert "N=4 balanced, 2 seed(s) from 0" in status and "prompts/s" in status
+    points = chart_rows(accuracy)
+    assert {p["line"] for p in points} == {f"1: {row[0]}" for row in rows}
+    assert all(p["low"] <= p["accuracy"] <= p["high"] for p in points) and '"errorbar"' in accuracy["plot"]
+    assert {p["line"] for p in chart_rows(bias)} == {p["line"] for p in points}
     assert predict_keywords(recipe) == endpoint_parameters(client)["/prompting_icl"]
-    assert "shot_counts='0, 1'," in recipe and run_recipe(recipe).endswith(status + "\n")
+    assert "formats=['chat turns', 'plain text']," in recipe
+    # A second run of the session: its rows join the first run's in the table and the plot.
+    *_, runs, _, _, _ = client.predict(model=MODEL, backend=BACKEND, n_sentences=4, shot_counts="0", seed=0,
+                                       formats=["one message"], **{**LAB, "calibration": False},
+                                       api_name="/prompting_icl")
+    assert [row[0] for row in runs["data"]] == [1] * 8 + [2]
+    assert runs["data"][-1][1] == "one message · positive/negative"
+
+
+def test_an_uploaded_csv_is_evaluated_with_its_own_label_words(client, tmp_path):
+    from gradio_client import handle_file
+
+    path = tmp_path / "mail.csv"
+    path.write_text("text,label\n" + "".join(
+        f"{'WIN A FREE PRIZE NOW' if i % 2 else 'Lunch at noon with the team'} {i},{'spam' if i % 2 else 'ham'}\n"
+        for i in range(16)))
+    *_, summary, shares, _, prompts_text, status, _ = client.predict(
+        model=MODEL, backend=BACKEND, n_sentences=4, shot_counts="0, 2", seed=0, formats=["one message"],
+        **{**LAB, "seeds": 1, "data_file": handle_file(str(path))}, api_name="/prompting_icl")
+    assert [row[0] for row in summary["data"]][:2] == ["one message · spam/ham"] * 2
+    assert "mail.csv (16 rows)" in status and "Classify the text as ham or spam." in prompts_text
+    assert "Output: spam" in prompts_text or "Output: ham" in prompts_text
+
+
+def test_a_csv_with_three_labels_is_refused(client, tmp_path):
+    from gradio_client import handle_file
+
+    path = tmp_path / "three.csv"
+    path.write_text("text,label\n" + "".join(f"t {i},{'abc'[i % 3]}\n" for i in range(12)))
+    with pytest.raises(AppError, match="needs exactly two"):
+        client.predict(model=MODEL, backend=BACKEND, n_sentences=4, shot_counts="0", seed=0,
+                       formats=["chat turns"], **{**LAB, "data_file": handle_file(str(path))},
+                       api_name="/prompting_icl")
 
 
 @pytest.mark.parametrize("inputs, message", [
     ({"n_sentences": 4, "shot_counts": "0, 40", "seed": 0}, r"Shot counts must be whole numbers between 0 and 16"),
     ({"n_sentences": 5, "shot_counts": "0", "seed": 0}, "N must be an even number"),
     ({"n_sentences": 4, "shot_counts": "one", "seed": 0}, "Shot counts are whole numbers separated by commas"),
+    ({"n_sentences": 4, "shot_counts": "0", "seed": 0, "formats": []}, "Choose at least one prompt format"),
 ])
 def test_in_context_learning_refuses_bad_settings(client, inputs, message):
     with pytest.raises(AppError, match=message):
-        client.predict(model=MODEL, backend=BACKEND, **inputs, api_name="/prompting_icl")
+        client.predict(model=MODEL, backend=BACKEND, **{"formats": ["chat turns"], **LAB, **inputs},
+                       api_name="/prompting_icl")
 
 
 def test_the_evaluation_reports_progress_and_its_stop_keeps_partial_results(own_client, monkeypatch):
@@ -277,16 +326,16 @@ def test_the_evaluation_reports_progress_and_its_stop_keeps_partial_results(own_
     evaluations = record_jobs(monkeypatch)
     n = icl.ICL_MAX_EXAMPLES  # far more sentences than are scored before the Stop below
     job = client.submit(model=MODEL, backend=BACKEND, n_sentences=n, shot_counts="0, 4, 16", seed=0,
-                        api_name="/prompting_icl")
+                        formats=["chat turns"], **{**LAB, "seeds": 1}, api_name="/prompting_icl")
 
     def first_sentence_scored() -> bool:
-        return any(text.startswith("0-shot: ") for text in reported)
+        return any(text.startswith("chat turns, seed 0, 0-shot: ") for text in reported)
 
     assert wait_for(first_sentence_scored), f"no progress from the evaluation's job: {reported}"
     assert jobs_running(*evaluating, 1)
     client.predict(api_name="/prompting_icl_stop")
     assert wait_for(jobs_running, *evaluating, 0), "the evaluation job still runs after Stop"
     assert [(job.name, job.status) for job in evaluations] == [(icl.ICL_JOB, "stopped")]
-    _, summary, _, status, _ = job.result(timeout=HANG_GUARD_S)
+    _, _, summary, _, _, _, status, _ = job.result(timeout=HANG_GUARD_S)
     assert status.startswith("Stopped early; partial results.")
-    assert [row[0] for row in summary["data"]] == [0] and 0 < summary["data"][0][1] < n
+    assert [row[1] for row in summary["data"]] == [0, 0] and 0 < summary["data"][0][3] < n  # before and calibrated

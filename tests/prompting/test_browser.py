@@ -30,12 +30,19 @@ def test_generate_explore_step_and_measure(page, app_url, test_output):
     expect_drawn(page, "#prompting-dist-0")
     page.get_by_role("button", name="Step: append one token").click()
     expect(page.get_by_label("Tokens stepped so far")).not_to_have_value("", timeout=TIMEOUT_MS)
-    # 3. In-context learning on 4 sentences, 0 and 1 shots: the chart draws its points and error bars.
+    # 3. The in-context-learning lab on 4 sentences, 0 and 1 shots, two formats and two seeds: two settings,
+    # each before and after calibration, drawn as lines with error bars, and the label bias beside them.
     page.get_by_label("N sentences").fill("4")
     page.get_by_label("Shot counts k").fill("0, 1")
+    page.get_by_label("Seeds (draws of demonstrations)").fill("2")
+    page.get_by_label("one message").check()
     page.get_by_role("button", name="Measure", exact=True).click()
-    page.get_by_text("N=4 balanced sentences").first.wait_for(timeout=TIMEOUT_MS)
+    page.get_by_text("N=4 balanced, 2 seed(s)").first.wait_for(timeout=TIMEOUT_MS)
     expect_drawn(page, "#prompting-icl-plot")
+    expect_drawn(page, "#prompting-icl-bias")
+    # The session's table: both formats, before and after calibration (the legend is drawn on a canvas).
+    for setting in ("chat turns · positive/negative", "one message · positive/negative · calibrated"):
+        assert page.get_by_text(setting, exact=True).count() >= 2, setting  # this run's table and the session's
     page.screenshot(path=str(test_output / "prompting.png"), full_page=True)
     assert page.console_errors == []
 

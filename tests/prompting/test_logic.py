@@ -4,13 +4,11 @@ label scoring and the in-context learning evaluation's checks."""
 from __future__ import annotations
 
 import copy
-import threading
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from spaces.prompting import explorer, icl, models, prompts, sampling
+from spaces.prompting import explorer, icl, prompts, sampling
 
 EXAMPLES = [["good film", "positive"], ["bad film", "negative"], ["great cast", "positive"], ["dull plot", "negative"]]
 PROBS = np.array([0.5, 0.3, 0.15, 0.05])
@@ -228,20 +226,6 @@ def test_wilson_interval(successes, n, low, high):
     assert icl.wilson_interval(successes, n) == pytest.approx((low, high), abs=1e-4)
 
 
-def test_balanced_split_is_balanced_disjoint_and_seeded():
-    rows = [{"id": i, "text": f"s{i}", "label": i % 2} for i in range(100)]
-    plan = icl.balanced_split(rows, 10, 4, seed=3)
-    assert sorted(row["label"] for row, _ in plan) == [0] * 5 + [1] * 5
-    tested = {row["id"] for row, _ in plan}
-    for _, demos in plan:
-        assert len(demos) == 4 and sorted(d["label"] for d in demos) == [0, 0, 1, 1]
-        assert not tested & {d["id"] for d in demos}
-    assert plan == icl.balanced_split(rows, 10, 4, seed=3)
-    assert plan != icl.balanced_split(rows, 10, 4, seed=4)
-    with pytest.raises(ValueError, match="N must be an even number"):
-        icl.balanced_split(rows, 7, 1, seed=0)
-
-
 @pytest.mark.parametrize("text, expected", [("0, 1, 4", [0, 1, 4]), ("4,0,4", [0, 4]), ("2", [2])])
 def test_shot_lists(text, expected):
     assert icl.parse_shot_list(text) == expected
@@ -266,11 +250,10 @@ def test_bad_shot_lists_are_refused(text):
     (4, "0", None, "seed must be between 0 and 2147483647, got None"),
 ])
 def test_bad_evaluation_settings_are_refused_naming_the_value_and_the_rule(n, shots, seed, message):
-    """The page passes N, the shot counts and the seed as they come: these checks are the only ones."""
+    """The page passes N, the shot counts and the seed as they come: these checks (icl.check_settings) are the
+    only ones, and the page runs them before it loads a model."""
     with pytest.raises(ValueError, match=message):
         icl.check_icl_inputs(n, shots, seed)
-    with pytest.raises(ValueError, match=message):  # before any model is loaded
-        icl.measure_icl("no-such-model-is-loaded", "auto", n, shots, seed)
 
 
 def test_good_evaluation_settings_come_back_as_whole_numbers():
@@ -282,49 +265,3 @@ def test_an_unknown_preset_is_refused_naming_the_choices():
     assert prompts.preset("topic")["query"] == prompts.PRESETS["topic"]["query"]
     with pytest.raises(ValueError, match="preset must be one of .*'sentiment'.*got 'poetry'"):
         prompts.preset("poetry")
-
-
-def test_a_stopped_evaluation_returns_at_once_and_says_so(tokenizer):
-    model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=2048))  # never called once stopped
-    chat = models.ChatModel(source=None, tokenizer=tokenizer, model=model)
-    rows = [{"id": i, "text": f"s{i}", "label": i % 2} for i in range(40)]
-    stop = threading.Event()
-    stop.set()
-    results, stopped = icl.evaluate_icl(chat, rows, 4, [0, 1], seed=0, stop=stop)
-    assert stopped and results[0].n == 0
-
-
-class SameLogits:
-    """Stands in for the ONNX model: the same (all-zero) logits after any prompt, so every sentence is
-    predicted 'negative' (the first label word). What is tested is the evaluation's bookkeeping, not a model."""
-
-    config = SimpleNamespace(max_position_embeddings=2048)
-
-    def __init__(self, vocab_size: int):
-        self.vocab_size = vocab_size
-
-    def prefill(self, ids):
-        return np.zeros(self.vocab_size, dtype=np.float32), None
-
-
-def test_the_evaluation_counts_reports_progress_and_stops_between_sentences(tokenizer):
-    chat = models.ChatModel(source=None, tokenizer=tokenizer, model=SameLogits(len(tokenizer)), backend="onnx-int8")
-    rows = [{"id": i, "text": f"sentence {i}", "label": i % 2} for i in range(40)]
-    reports = []
-
-    def record(fraction: float, text: str) -> None:
-        reports.append((fraction, text))
-
-    results, stopped = icl.evaluate_icl(chat, rows, 4, "0, 1", seed=0, progress=record)
-    assert not stopped and [(r.shots, r.n, r.correct) for r in results] == [(0, 4, 2), (1, 4, 2)]
-    assert all(r.confusion == [[2, 0], [2, 0]] for r in results)  # always "negative": right on the 2 negatives
-    assert reports[0] == (1 / 8, "0-shot: 1/4") and reports[-1] == (1.0, "1-shot: 4/4")
-    # Stop set during the third sentence: the loop ends before the fourth, keeping the three it scored.
-    stop = threading.Event()
-
-    def stop_at_third(fraction: float, text: str) -> None:
-        if text == "0-shot: 3/4":
-            stop.set()
-
-    results, stopped = icl.evaluate_icl(chat, rows, 4, [0, 1], seed=0, progress=stop_at_third, stop=stop)
-    assert stopped and [r.n for r in results] == [3]
