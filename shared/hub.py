@@ -38,14 +38,21 @@ def check_hub_id(text: str) -> str:
     return model_id
 
 
+def endpoint_address(endpoint: str) -> tuple[str, int]:
+    """The host and port that `endpoint` (HF_ENDPOINT) names: its own port, else 80 for http and 443 for https."""
+    url = urlparse(endpoint)
+    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+
+
 @lru_cache(maxsize=1)
 def hub_reachable(timeout: float = 1.5) -> bool:
-    """True when the hub is not disabled and its host answers a TCP connection. Checked once a process."""
+    """True when the hub is not disabled and its host answers a TCP connection on the endpoint's port (a mirror
+    or a local hub server may use any). Checked once a process; at most `timeout` seconds."""
     if read_settings().offline:
         return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    address = endpoint_address(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     try:
-        with socket.create_connection((host, 443), timeout=timeout):
+        with socket.create_connection(address, timeout=timeout):
             return True
     except OSError:
         return False

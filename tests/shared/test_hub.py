@@ -35,3 +35,39 @@ def test_offline_setting_disables_the_hub():
     # conftest sets PLAYGROUND_OFFLINE=1: no probe is even made.
     assert hub_reachable() is False
     assert hub_status().startswith("offline (disabled")
+
+
+@pytest.mark.parametrize("endpoint, address", [
+    ("https://huggingface.co", ("huggingface.co", 443)), ("http://127.0.0.1:8090", ("127.0.0.1", 8090)),
+    ("http://mirror.example", ("mirror.example", 80)), ("https://hf-mirror.com:8443/", ("hf-mirror.com", 8443)),
+])
+def test_the_endpoints_scheme_and_port_decide_where_to_dial(endpoint, address):
+    from shared.hub import endpoint_address
+
+    assert endpoint_address(endpoint) == address
+
+
+def test_a_hub_on_another_port_is_seen(monkeypatch):
+    """HF_ENDPOINT with a port (a mirror, the tests' hub server): reachable when that port answers."""
+    import socket
+
+    from shared import hub
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        for name in ("PLAYGROUND_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        hub.hub_reachable.cache_clear()
+        try:
+            assert hub.hub_reachable() is True
+        finally:
+            hub.hub_reachable.cache_clear()
+    hub.hub_reachable.cache_clear()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")  # nothing listens there now
+    try:
+        assert hub.hub_reachable() is False
+    finally:
+        hub.hub_reachable.cache_clear()
