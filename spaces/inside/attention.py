@@ -181,6 +181,14 @@ def image_attention(encoder: Any, image: Any) -> ImageAttention:
                           weights.shape[0], weights.shape[1])
 
 
+def patch_entropy(view: ImageAttention) -> list[float]:
+    """Per layer, the entropy in bits of the class token's attention over the patches (renormalised without its
+    own share), averaged over the heads: log2(patches) when it looks everywhere alike, 0 on a single patch."""
+    weights = view.class_attention.reshape(view.layers, view.heads, -1).astype(np.float64)
+    weights = weights / weights.sum(-1, keepdims=True)
+    return [float(v) for v in -(weights * np.log2(weights + 1e-12)).sum(-1).mean(-1)]
+
+
 def overlay(view: ImageAttention, layer: int, head: int | None = None, side: int = 224) -> np.ndarray:
     """The image with the class token's attention laid over it (bright = looked at), `side` pixels square; one
     head, or the mean over heads (None). Each patch's weight is shared by its pixels, so the grid shows."""

@@ -205,11 +205,7 @@ def draw_image_attention(choice: str, sample: str, upload, layer: int, head: int
     shown = attention.overlay(view, layer, None if mean_of_heads else head)
     heads = [(attention.overlay(view, layer, h, side=112), f"head {h}: keeps {view.to_class[layer, h]:.0%}")
              for h in range(view.heads)]
-    entropy = []
-    for i in range(view.layers):
-        weights = view.class_attention[i].reshape(view.heads, -1)
-        weights = weights / weights.sum(-1, keepdims=True)
-        entropy.append({"layer": f"layer {i}", "bits": float(-(weights * np.log2(weights + 1e-12)).sum(-1).mean())})
+    entropy = [{"layer": f"layer {i}", "bits": bits} for i, bits in enumerate(attention.patch_entropy(view))]
     chart = plots.bars_chart(entropy, "layer", "bits",
                              f"How spread the class token's attention is over the {view.grid}×{view.grid} patches "
                              f"(max {np.log2(view.grid ** 2):.1f} bits: uniform)")

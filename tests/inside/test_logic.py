@@ -228,6 +228,12 @@ def test_a_missing_image_is_refused(tiny_clip):
         attention.image_attention(tiny_clip, None)
 
 
+def test_patch_entropy_is_zero_on_one_patch_and_log2_of_the_grid_when_uniform():
+    focused = np.array([[[[0.9, 0.0], [0.0, 0.0]], [[0.225] * 2] * 2]])  # layer 0: head 0 on one patch, head 1 even
+    view = attention.ImageAttention("vit", np.zeros((28, 28, 3), np.uint8), 2, focused, np.array([[0.1, 0.1]]), 1, 2)
+    assert attention.patch_entropy(view) == pytest.approx([(0.0 + 2.0) / 2], abs=1e-6)
+
+
 def test_the_overlay_is_bright_where_the_class_token_looks():
     view = attention.ImageAttention("vit", np.full((28, 28, 3), 200, np.uint8), 2,
                                     np.array([[[[0.9, 0.0], [0.0, 0.0]]]]), np.array([[0.1]]), 1, 1)
