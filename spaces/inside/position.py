@@ -16,18 +16,17 @@ from typing import Any
 
 import numpy as np
 
+from shared.checks import check_range
+
 MAX_POSITIONS = 512  # positions drawn in one plot: enough to see the slow dimensions turn
 MAX_DIMENSIONS = 1024
 MAX_SIMILARITY_TOKENS = 48  # tokens in a similarity matrix; longer text is cut, with a note
 
 
-def check_range(name: str, value: int, low: int, high: int) -> int:
-    if not isinstance(value, (int, np.integer)) and not (isinstance(value, float) and value.is_integer()):
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
-    value = int(value)
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
-    return value
+def whole_in_range(name: str, value: int, low: int, high: int) -> int:
+    """`value` as an int, checked by the shared range check (a whole number from `low` to `high`)."""
+    check_range(name, value, low, high, whole=True)
+    return int(value)
 
 
 # ---- sinusoidal ----------------------------------------------------------------------------------------------
@@ -37,8 +36,8 @@ def sinusoidal(positions: int, d_model: int, base: float = 10000.0) -> np.ndarra
     sin(p / base^(2i/d)) and cos(p / base^(2i/d)). Each pair turns at its own speed, from once every 2π
     positions (i = 0) to once every 2π·base positions: a position is told apart by the fast pairs nearby and by
     the slow pairs far away, and PE(p + k) is a rotation of PE(p) for any fixed k."""
-    positions = check_range("positions", positions, 1, MAX_POSITIONS)
-    d_model = check_range("dimensions", d_model, 2, MAX_DIMENSIONS)
+    positions = whole_in_range("positions", positions, 1, MAX_POSITIONS)
+    d_model = whole_in_range("dimensions", d_model, 2, MAX_DIMENSIONS)
     if d_model % 2:
         raise ValueError(f"dimensions must be even (sine and cosine come in pairs), got {d_model}")
     p = np.arange(positions, dtype=np.float64)[:, None]
@@ -92,7 +91,7 @@ def learned_similarity(opened: Any, n_positions: int) -> np.ndarray:
     """Cosine similarity between the first `n_positions` learned position embeddings: near positions end up
     alike, which is what the sinusoids build in by hand."""
     table = learned_positions(opened)
-    n_positions = check_range("positions", n_positions, 2, min(MAX_POSITIONS, len(table)))
+    n_positions = whole_in_range("positions", n_positions, 2, min(MAX_POSITIONS, len(table)))
     return cosine_matrix(table[:n_positions])
 
 
@@ -139,7 +138,7 @@ def model_query_key(opened: Any, text: str, layer: int) -> tuple[np.ndarray, np.
 
     model = opened.model
     layers = model.model.layers
-    layer = check_range("layer", layer, 0, len(layers) - 1)
+    layer = whole_in_range("layer", layer, 0, len(layers) - 1)
     ids = opened.tokenizer(text, return_tensors="pt", truncation=True, max_length=64)
     if ids["input_ids"].shape[1] < 2:
         raise ValueError("The text needs at least two tokens to take a query from one and a key from another.")
@@ -158,7 +157,7 @@ def rope_scores(opened: Any, text: str, layer: int = 0, max_distance: int = 256)
     """q·k/√d for one query and one key placed `distance` positions apart, for a few pairs: the model's own
     (from the visitor's text), a random pair, and q = k (whose score decays with distance: RoFormer §3.4.3)."""
     head_dim, theta = rope_parameters(opened.model.config)
-    max_distance = check_range("distance", max_distance, 1, 4096)
+    max_distance = whole_in_range("distance", max_distance, 1, 4096)
     frequencies = rope_frequencies(head_dim, theta)
     step = max(1, max_distance // 256)
     distances = np.arange(0, max_distance + 1, step)

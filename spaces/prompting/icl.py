@@ -35,7 +35,8 @@ from shared import jobs
 from shared.jobs import Progress, no_progress
 from spaces.prompting.models import BACKENDS, ChatModel, load_chat_model
 from spaces.prompting.prompts import plain_prompt, render_prompt
-from spaces.prompting.sampling import SEED_LIMIT, check_range, softmax
+from shared.checks import check_range
+from spaces.prompting.sampling import SEED_LIMIT, softmax
 
 ICL_JOB = "prompting-icl"
 ICL_MAX_EXAMPLES = int(os.environ.get("PLAYGROUND_PROMPTING_ICL_MAX_N", "400"))  # most sentences per run

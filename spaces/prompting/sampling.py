@@ -11,7 +11,6 @@ The ONNX decoding loop and the explorer's Step both draw with `sample_next`; the
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,19 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from shared.checks import check_range
+
 # Overridable by an environment variable (read once, at import): the longest run the page allows.
 MAX_NEW_TOKENS_LIMIT = int(os.environ.get("PLAYGROUND_PROMPTING_MAX_NEW_TOKENS", "512"))
 SEED_LIMIT = 2**31 - 1
 MODES = ("greedy", "sampling")
 STAGES = ("model (T=1)", "temperature", "top-k", "top-p")
-
-
-def check_range(name: str, value: Any, low: float, high: float, whole: bool = False) -> None:
-    """ValueError naming `name`, its value and the rule, unless `low <= value <= high` (and whole, if asked)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, got {value}.")
-    if whole and int(value) != value:
-        raise ValueError(f"{name} must be a whole number, got {value}.")
 
 
 @dataclass(frozen=True)
