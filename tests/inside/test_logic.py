@@ -9,19 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from spaces.inside import attention, models, plots, position
+from spaces.inside import attention, plots, position
 
 SENTENCE = "The animal didn't cross the street because it was too tired."
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    return models.load_encoder(None)
-
-
-@pytest.fixture(scope="module")
-def decoder():
-    return models.load_decoder(None)
 
 
 # ---- positions -----------------------------------------------------------------------------------------------

@@ -11,20 +11,9 @@ import pytest
 import torch
 
 from spaces.inside import scratch
-from spaces.inside.models import load_decoder, load_encoder
 
 TEXT = "The cat sat on the mat because it was warm."
 FP32 = 1e-5  # the bound for a block recomputed in float32
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    return load_encoder(None)
-
-
-@pytest.fixture(scope="module")
-def decoder():
-    return load_decoder(None)
 
 
 @pytest.fixture(scope="module")
