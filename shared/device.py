@@ -48,6 +48,19 @@ def torch_dtype(name: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (avx2, avx512_vnni, amx_bf16, ...) from /proc/cpuinfo; empty where unreadable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 @lru_cache(maxsize=4)
 def bf16_is_native(device: str) -> bool:
     """Whether bfloat16 math runs in hardware here: a GPU that supports it, or a CPU with AVX512-BF16 or AMX.
@@ -60,12 +73,7 @@ def bf16_is_native(device: str) -> bool:
         return torch.cuda.is_bf16_supported()
     if device != "cpu":
         return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def describe_device() -> dict[str, str]:

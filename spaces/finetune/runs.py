@@ -194,12 +194,11 @@ def zip_run(run_id: str) -> Path:
 
 
 def export_onnx(run_id: str) -> Path:
-    """Export the run's merged model to ONNX through optimum; returns a zip of the ONNX folder."""
-    from optimum.exporters.onnx import main_export
+    """Export the run's merged model to ONNX through optimum (shared/onnx_export.py: validated against PyTorch,
+    into the run's folder, once); returns a zip of the ONNX folder."""
+    from shared import onnx_export
 
     run = get_run(run_id, finished=True)
     source = merged_folder(run_id)
-    target = run.folder / "onnx"
-    if not (target / "model.onnx").exists():
-        main_export(str(source), output=target, task="text-classification", do_validation=True)
+    target = onnx_export.export(source, "text-classification", name=run.id, target=run.folder / "onnx")
     return Path(shutil.make_archive(str(run.folder.parent / f"{run.id}-onnx"), "zip", root_dir=target))

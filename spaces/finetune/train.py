@@ -1,6 +1,7 @@
 """Train a BERT-family sentence classifier: the fine-tuning page's training loop, also a script.
 
     python -m spaces.finetune.train --method lora --max-steps 300 --output-dir runs/lora
+    python -m spaces.finetune.train --teacher runs/full/model --student-layers 3 --output-dir runs/student  # distil
     accelerate launch --multi_gpu --num_processes 2 -m spaces.finetune.train ...       # DDP (GPUs, or CPUs)
     accelerate launch --config_file fsdp.yaml -m spaces.finetune.train ...                  # FSDP if the config asks
 
@@ -8,12 +9,18 @@ Written with Accelerate (`prepare`, `backward`, `gather_for_metrics`, `unwrap_mo
 so `accelerate launch` scales it unchanged. Writes `results.json` (config, history, parameter counts,
 wall time, accuracies) and the best model (for LoRA: the adapter, loadable with PeftModel.from_pretrained)
 to --output-dir. The page calls `train()` in a thread with an `on_event` callback and a stop Event.
+
+Distillation (DistilBERT's recipe, small): with --teacher (a fine-tuned sequence classifier), the student starts
+from the teacher itself with every other transformer layer kept (--student-layers 3 of 6: layers 0, 2, 4) and
+its classifier head copied, and learns from the teacher's temperature-softened probabilities as well as from
+the labels: loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy (`distillation_loss`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import math
 import threading
@@ -48,6 +55,10 @@ class TrainConfig:
     other_domain_size: int = 200  # movies only: examples per out-of-domain test set (tweets, amazon, nyt)
     eval_every: int = 0  # steps between validations; 0 = about 5 per run
     warmup_ratio: float = 0.06
+    teacher: str = ""  # distil from this fine-tuned classifier (a folder, local: label or hub id); "" = no teacher
+    distill_temperature: float = 2.0  # softens both models' probabilities in the distillation term
+    distill_alpha: float = 0.5  # weight of the distillation term (x T^2) against the labels' cross-entropy
+    student_layers: int = 0  # keep this many evenly spaced transformer layers (0 = all of them)
     output_dir: str = ""  # where the best model and results.json go; empty = do not save
     label_names: tuple[str, ...] = field(default_factory=tuple)  # filled from the data
 
@@ -64,6 +75,12 @@ class TrainConfig:
             raise ValueError(f"max length must be between 8 and 512 tokens, got {self.max_length}")
         if self.max_steps < 0 or self.eval_every < 0:
             raise ValueError("max steps and eval every must be >= 0")
+        if not 0 < self.distill_temperature <= 100:
+            raise ValueError(f"distillation temperature must be in (0, 100], got {self.distill_temperature}")
+        if not 0 <= self.distill_alpha <= 1:
+            raise ValueError(f"distillation alpha must be between 0 and 1, got {self.distill_alpha}")
+        if self.student_layers < 0:
+            raise ValueError(f"student layers must be >= 0 (0 keeps every layer), got {self.student_layers}")
 
 
 # The page's Train button (and benchmarks/finetune.py) start from these: every transformer layer trains, the
@@ -124,6 +141,15 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--eval-every", type=int, default=defaults.eval_every,
                         help="steps between validations (0: about 5 per run)")
     parser.add_argument("--warmup-ratio", type=float, default=defaults.warmup_ratio, help="share of steps warming up")
+    parser.add_argument("--teacher", default=defaults.teacher,
+                        help="distil from this fine-tuned classifier (folder, local:<name> or hub id); the student "
+                             "starts from it and --model is not used")
+    parser.add_argument("--distill-temperature", type=float, default=defaults.distill_temperature,
+                        help="temperature that softens teacher and student probabilities in the distillation loss")
+    parser.add_argument("--distill-alpha", type=float, default=defaults.distill_alpha,
+                        help="weight of the distillation loss (times T^2); 1 - alpha weighs the labels' loss")
+    parser.add_argument("--student-layers", type=int, default=defaults.student_layers,
+                        help="keep this many evenly spaced transformer layers, e.g. 3 of 6 keeps 0, 2, 4 (0: all)")
     parser.add_argument("--output-dir", default=defaults.output_dir, help="where the model and results.json go")
     args = parser.parse_args(argv)
     values = vars(args)
@@ -152,6 +178,70 @@ def create_model(location: str, num_labels: int, seed: int):
     torch.manual_seed(seed)
     return AutoModelForSequenceClassification.from_pretrained(
         location, num_labels=num_labels, dtype=torch.float32, trust_remote_code=False)
+
+
+def kept_layers(total: int, keep: int) -> list[int]:
+    """Which of `total` layers a student with `keep` layers starts from: evenly spaced from the bottom, as
+    DistilBERT (6 of 12: 0, 2, 4, ...; 3 of 6: 0, 2, 4)."""
+    if not 1 <= keep <= total:
+        raise ValueError(f"student layers must be between 1 and the model's {total}, got {keep}")
+    return [i * total // keep for i in range(keep)]
+
+
+def create_student(model, layers: int):
+    """A copy of the classifier `model` with only `kept_layers(its layers, layers)` of its transformer layers;
+    embeddings, pooler and classifier head are copied as they are. `model` itself is left unchanged."""
+    import torch
+
+    # 1. Which layers stay, and under which name the model keeps its list of layers.
+    _, teacher_layers = logic.encoder_parts(model)
+    kept = kept_layers(len(teacher_layers), layers)
+    prefix = next(name for name, module in model.named_modules()
+                  if isinstance(module, torch.nn.ModuleList) and len(module) and module[0] is teacher_layers[0])
+    # 2. The same architecture with fewer layers (DistilBERT's config maps num_hidden_layers to n_layers).
+    config = copy.deepcopy(model.config)
+    config.num_hidden_layers = layers
+    student = type(model)(config)
+    # 3. Copy the weights: kept layer kept[j] becomes layer j; everything outside the layers is copied whole.
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.startswith(prefix + "."):
+            index, rest = key[len(prefix) + 1:].split(".", 1)
+            if int(index) not in kept:
+                continue
+            key = f"{prefix}.{kept.index(int(index))}.{rest}"
+        state[key] = value.detach().clone()
+    student.load_state_dict(state, strict=True)
+    return student.to(next(model.parameters()).dtype)
+
+
+def load_teacher(teacher: str, num_labels: int):
+    """The fine-tuned classifier to distil from, in eval mode with no gradients: a folder, or what the registry
+    resolves a local: label or hub id to for the classifier role."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from shared.registry import resolve
+
+    location = teacher if Path(teacher).is_dir() else resolve("classifier", teacher).location
+    model = AutoModelForSequenceClassification.from_pretrained(location, dtype=torch.float32, trust_remote_code=False)
+    if model.config.num_labels != num_labels:
+        raise ValueError(f"the teacher {teacher!r} has {model.config.num_labels} labels; the data has {num_labels}")
+    return model.eval().requires_grad_(False), location
+
+
+def distillation_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float):
+    """alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * cross-entropy(student, labels).
+
+    The T^2 keeps the soft term's gradients the same size whatever the temperature (Hinton et al., 2015); the
+    KL is averaged over the batch, like the cross-entropy."""
+    import torch.nn.functional as F
+
+    soft = F.kl_div(F.log_softmax(student_logits.float() / temperature, dim=-1),
+                    F.log_softmax(teacher_logits.float() / temperature, dim=-1), reduction="batchmean",
+                    log_target=True)
+    hard = F.cross_entropy(student_logits.float(), labels)
+    return alpha * temperature**2 * soft + (1 - alpha) * hard
 
 
 class LengthGroupedBatches:
@@ -244,7 +334,8 @@ def train(config: TrainConfig, dataset: logic.Dataset | None = None, location: s
     """Train, validate every `eval_every` steps, keep the best, test it, save it. Returns the results dict.
 
     `on_event` receives {"type": "step"|"eval"|"test"|"done", ...} as training goes; setting `stop` ends
-    training at the next step, and the best checkpoint so far is kept, tested and saved.
+    training at the next step, and the best checkpoint so far is kept, tested and saved. With `config.teacher`
+    the model is a student made from the teacher (its tokenizer too), and `location` is not used.
     """
     import torch
     from accelerate import Accelerator
@@ -262,15 +353,23 @@ def train(config: TrainConfig, dataset: logic.Dataset | None = None, location: s
     accelerator = Accelerator(cpu=pick_device() == "cpu")
     emit = on_event if on_event and accelerator.is_main_process else (lambda event: None)
     set_seed(config.seed)
-    if location is None:
+    if location is None and not config.teacher:  # a student starts from its teacher, not from config.model
         location = resolve("encoder", config.model).location
     with accelerator.main_process_first():
         dataset = dataset or load_dataset(config)
     config.label_names = tuple(dataset.label_names)
-    tokenizer = AutoTokenizer.from_pretrained(location)
 
-    # 2. Build the model and choose what trains.
-    model = create_model(location, len(dataset.label_names), config.seed)
+    # 2. Build the model (with a teacher: the student, made from the teacher) and choose what trains.
+    teacher = None
+    if config.teacher:
+        teacher, location = load_teacher(config.teacher, len(dataset.label_names))
+        model = create_student(teacher, config.student_layers or len(logic.encoder_parts(teacher)[1]))
+        teacher.to(accelerator.device)  # not prepared: it never trains, so DDP/FSDP need not wrap it
+    else:
+        model = create_model(location, len(dataset.label_names), config.seed)
+        if config.student_layers:
+            model = create_student(model, config.student_layers)
+    tokenizer = AutoTokenizer.from_pretrained(location)
     model = logic.apply_method(model, config.method, config.freeze_layers, config.lora_r, config.lora_alpha,
                                config.lora_dropout, tuple(config.lora_targets))
     trainable, total = logic.count_parameters(model)
@@ -314,7 +413,14 @@ def train(config: TrainConfig, dataset: logic.Dataset | None = None, location: s
                 stopped = True
                 break
             with autocast(accelerator, config.bf16):
-                loss = model(**batch).loss
+                if teacher is None:
+                    loss = model(**batch).loss
+                else:
+                    inputs = {key: value for key, value in batch.items() if key != "labels"}
+                    with torch.no_grad():
+                        teacher_logits = teacher(**inputs).logits
+                    loss = distillation_loss(model(**inputs).logits, teacher_logits, batch["labels"],
+                                             config.distill_temperature, config.distill_alpha)
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()

@@ -90,7 +90,10 @@ def model_size(text: str, role: str = "chat-lm") -> ModelSize:
 
     from shared.registry import resolve
 
-    source = resolve(role, text)
+    try:
+        source = resolve(role, text)
+    except ValueError as error:
+        raise ValueError(f"Give a parameter count (like '7B' or '135M') or a model id. {error}") from None
     config = AutoConfig.from_pretrained(source.location, trust_remote_code=False)
     return count_from_config(config, source.label)
 
