@@ -20,7 +20,7 @@ import importlib
 import json
 import logging
 import os
-import queue
+import select
 import subprocess
 import sys
 import tempfile
@@ -165,39 +165,34 @@ def measure_in_process(family_name: str, variant: str, params: dict[str, Any], w
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as errors:
         process = subprocess.Popen([sys.executable, "-m", "spaces.quantization.worker"], cwd=str(REPO_ROOT),
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True,
-                                   bufsize=1)
-        lines: queue.Queue[str | None] = queue.Queue()
-
-        def read_lines() -> None:
-            for line in process.stdout:
-                lines.put(line)
-            lines.put(None)
-
-        reader = threading.Thread(target=read_lines, daemon=True)
-        reader.start()
-        process.stdin.write(request)
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, bufsize=0)
+        process.stdin.write(request.encode())
         process.stdin.close()
-        result, stopped_at = None, None
+        result, stopped_at, pending = None, None, b""
+        channel = process.stdout.fileno()
         while True:
             if stop.is_set() and stopped_at is None:
                 stopped_at = time.perf_counter()
                 process.terminate()  # the worker's computation ends here, whatever it was doing
             if stopped_at is not None and time.perf_counter() - stopped_at > STOP_GRACE_SECONDS:
                 process.kill()
-            try:
-                line = lines.get(timeout=0.2)
-            except queue.Empty:
+            # Wait for the worker's next bytes a fifth of a second at most, so Stop is seen at once.
+            if not select.select([channel], [], [], 0.2)[0]:
                 continue
-            if line is None:
+            chunk = os.read(channel, 65536)
+            if not chunk:  # the worker closed its end: it has ended
                 break
-            if line.startswith("PROGRESS "):
-                message = json.loads(line[len("PROGRESS "):])
-                progress(float(message["fraction"]), f"{title}: {message['text']}")
-            elif line.startswith("RESULT "):
-                result = json.loads(line[len("RESULT "):])
+            pending += chunk
+            while b"\n" in pending:
+                raw, pending = pending.split(b"\n", 1)
+                line = raw.decode("utf-8", errors="replace")
+                if line.startswith("PROGRESS "):
+                    message = json.loads(line[len("PROGRESS "):])
+                    progress(float(message["fraction"]), f"{title}: {message['text']}")
+                elif line.startswith("RESULT "):
+                    result = json.loads(line[len("RESULT "):])
+        process.stdout.close()
         process.wait()
-        reader.join(timeout=1)
         seconds = time.perf_counter() - started
         if stop.is_set():
             return Row(variant, title, "stopped", reason="stopped", seconds=seconds)

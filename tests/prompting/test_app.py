@@ -9,6 +9,7 @@ something took. Jobs are counted for this client's session only (`jobs.active(..
 from __future__ import annotations
 
 import ast
+import concurrent.futures
 import contextlib
 import io
 import json
@@ -167,7 +168,12 @@ def test_stop_ends_this_visitors_decoder_job(own_client, how, backend, monkeypat
     assert wait_for(first_token_streamed), "no token was streamed"
     assert jobs_running(*generating, 1), "the decoder should run until it is stopped"
     if how == "stop endpoint":
-        client.predict(api_name="/prompting_stop")
+        try:
+            client.predict(api_name="/prompting_stop")
+        except concurrent.futures.CancelledError:
+            # The Stop's `cancels=` ends this session's streams, and gradio_client (one stream per session) can
+            # lose the Stop's own reply with them (seen once in a fresh-clone run); what it did is checked below.
+            pass
     else:
         job.cancel()  # what the Stop button's `cancels=` does: Gradio closes the streaming handler
     assert wait_for(jobs_running, *generating, 0), "the decoder job still runs after Stop"
