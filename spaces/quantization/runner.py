@@ -34,6 +34,7 @@ from types import ModuleType
 from typing import Any
 
 from shared.jobs import Progress, no_progress
+from shared.onnx_lm import fingerprint
 from shared.settings import REPO_ROOT, read_settings
 from spaces.quantization.common import cpu_flags
 
@@ -69,18 +70,11 @@ def results_dir() -> Path:
 
 
 def source_fingerprint(source: str) -> str:
-    """The model's files: config contents and weight names, sizes and times (a hub id is its own fingerprint)."""
+    """The model's files (shared/onnx_lm.py `fingerprint`: config contents, weight names, sizes and times); a hub
+    id is its own fingerprint."""
     if not source or not Path(source).is_absolute() or not Path(source).is_dir():
         return source
-    folder = Path(source)
-    parts = [str(folder.resolve())]
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.suffix == ".json":
-            parts.append(f"{path.name}:{hashlib.sha256(path.read_bytes()).hexdigest()}")
-        elif path.is_file() and path.suffix in (".safetensors", ".bin"):
-            stat = path.stat()
-            parts.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    return fingerprint(source, "quantization-results")
 
 
 @lru_cache(maxsize=1)
