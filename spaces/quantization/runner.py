@@ -104,13 +104,14 @@ def comparison_key(family_name: str, params: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def result_path(family_name: str, variant: str, params: dict[str, Any]) -> Path:
-    text = json.dumps([comparison_key(family_name, params), variant, machine_signature()], sort_keys=True)
+def result_path(family_name: str, variant: str, comparison: str) -> Path:
+    """Where one variant's result of comparison `comparison` (a `comparison_key`) on this machine is kept."""
+    text = json.dumps([comparison, variant, machine_signature()], sort_keys=True)
     return results_dir() / f"{family_name}-{variant}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
 
 
-def cached_row(family_name: str, variant: str, params: dict[str, Any]) -> Row | None:
-    path = result_path(family_name, variant, params)
+def cached_row(family_name: str, variant: str, comparison: str) -> Row | None:
+    path = result_path(family_name, variant, comparison)
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -118,9 +119,9 @@ def cached_row(family_name: str, variant: str, params: dict[str, Any]) -> Row | 
     return Row(variant, saved["title"], "cached", saved["figures"], saved.get("reason", ""), saved.get("seconds", 0.0))
 
 
-def save_row(family_name: str, params: dict[str, Any], row: Row) -> None:
+def save_row(family_name: str, comparison: str, row: Row) -> None:
     """Keep a measured (or unavailable) row: written to a temporary file and renamed, never half a file."""
-    path = result_path(family_name, row.variant, params)
+    path = result_path(family_name, row.variant, comparison)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
         json.dump({"title": row.title, "figures": row.figures, "reason": row.reason, "seconds": row.seconds,
@@ -211,11 +212,12 @@ def compare(family_name: str, variants: list[str], params: dict[str, Any], progr
     params = module.default_params(**params)
     order = check_variants(family_name, list(variants))
     stop = stop or threading.Event()
-    work_dir = read_settings().home / "quantization" / "work" / f"{family_name}-{comparison_key(family_name, params)}"
+    comparison = comparison_key(family_name, params)  # once: it reads the model's files
+    work_dir = read_settings().home / "quantization" / "work" / f"{family_name}-{comparison}"
     work_dir.mkdir(parents=True, exist_ok=True)
     # 2. One variant at a time, each in its own process: the cache first, else a measurement.
     for index, variant in enumerate(order):
-        if use_cache and (row := cached_row(family_name, variant, params)) is not None:
+        if use_cache and (row := cached_row(family_name, variant, comparison)) is not None:
             yield row
             continue
 
@@ -224,7 +226,7 @@ def compare(family_name: str, variants: list[str], params: dict[str, Any], progr
 
         row = measure_in_process(family_name, variant, params, work_dir, scaled, stop)
         if row.status in ("measured", "unavailable"):
-            save_row(family_name, params, row)
+            save_row(family_name, comparison, row)
         yield row
         if row.status == "stopped":
             return
