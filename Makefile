@@ -6,12 +6,14 @@ PYTHON   ?= python3
 VENV     ?= .venv
 PY       := $(VENV)/bin/python
 PIP      := $(PY) -m pip
+# The tests' hub server (olah) lives in a virtual environment of its own: it needs huggingface_hub >= 1.
+OLAH_VENV ?= .venv-olah
 export PLAYGROUND_HOME ?= $(CURDIR)/.cache
 # The CPU build of torch lies here on our machines; elsewhere pip takes it from PyPI.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run test setup assets browser bench clean
+.PHONY: run test setup assets browser hub-server bench clean
 
 # The offline assets are set up only when the hub cannot be used (the pages then need them).
 run: setup
@@ -19,7 +21,7 @@ run: setup
 	  $(MAKE) assets
 	$(PY) app.py
 
-test: setup assets browser
+test: setup assets browser hub-server
 	$(PY) -m pytest
 
 setup: $(VENV)/.installed
@@ -55,8 +57,16 @@ browser:
 	  ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium) || \
 	  echo "WARNING: could not install chromium; the browser tests will be skipped"
 
+# olah, the Hugging Face Hub mirror the hub-path tests start (tests/hub/server.py). Without it they fail, saying so.
+hub-server: $(OLAH_VENV)/.installed
+
+$(OLAH_VENV)/.installed:
+	test -x $(OLAH_VENV)/bin/python || $(PYTHON) -m venv $(OLAH_VENV)
+	$(OLAH_VENV)/bin/python -m pip install --quiet olah==0.5.4
+	touch $@
+
 bench: setup assets
 	for script in benchmarks/[!_]*.py; do $(PY) $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) .cache test-output
+	rm -rf $(VENV) $(OLAH_VENV) .cache test-output

@@ -103,8 +103,24 @@ def locate_minilm() -> Path | None:
     return folder / "model" if folder and (folder / "model" / "config.json").exists() else None
 
 
+VADER_SDIST = "vaderSentiment==3.3.2"
+
+
 def locate_vader_sdist() -> Path | None:
-    found = sorted(read_settings().downloads_dir.glob("vaderSentiment-*.tar.gz"))
+    """The vaderSentiment sdist in PLAYGROUND_HOME/downloads; when it is not there, fetched once with pip (about
+    120 kB from the package registry), so a machine that never ran `make assets`, such as a Space, has the
+    sentences too. None when pip cannot reach the registry."""
+    downloads = read_settings().downloads_dir
+    found = sorted(downloads.glob("vaderSentiment-*.tar.gz"))
+    if not found:
+        import subprocess
+        import sys
+
+        downloads.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                            VADER_SDIST, "-d", str(downloads)], check=True, capture_output=True, timeout=120)
+        found = sorted(downloads.glob("vaderSentiment-*.tar.gz"))
     return found[-1] if found else None
 
 

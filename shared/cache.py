@@ -95,7 +95,17 @@ def estimate_bytes(spec: LoadSpec) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
 
 
-def short_reason(error: BaseException) -> str:
+def hub_repo_id(spec: LoadSpec) -> str | None:
+    """The hub id `spec` loads from, or None for a local folder."""
+    return None if Path(spec.source).is_absolute() or Path(spec.source).exists() else spec.source
+
+
+def short_reason(error: BaseException, repo_id: str | None = None) -> str:
+    """One line on why a load failed: a hub failure in words (shared/hub.py), else the error's first line."""
+    from shared.hub import hub_error_message
+
+    if message := hub_error_message(error, repo_id):
+        return message
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0][:300]}" if text else type(error).__name__
 
@@ -165,7 +175,13 @@ class ModelCache:
         except ModelLoadError:
             raise
         except Exception as error:
-            raise ModelLoadError(f"Could not load {spec.name} ({spec.kind}): {short_reason(error)}") from error
+            # A hub failure is said in words of its own, naming the repository; nothing half-downloaded is kept in
+            # the cache (huggingface_hub leaves it as *.incomplete, resumed by the next load).
+            from shared.hub import hub_error_message
+
+            message = hub_error_message(error, hub_repo_id(spec))
+            raise ModelLoadError(message or f"Could not load {spec.name} ({spec.kind}): {short_reason(error)}"
+                                 ) from error
         seconds = time.perf_counter() - started
         if isinstance(getattr(value, "dtype", None), str):  # a model that says what it holds (an int8 ONNX build)
             dtype = value.dtype

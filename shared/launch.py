@@ -101,17 +101,27 @@ def serve_in_background(demo, offline: bool = True) -> str:
 
 
 @contextlib.contextmanager
-def app_process(args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 120.0
+def app_process(args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 120.0,
+                offline: bool = True, python: str | None = None, log: Path | None = None,
                 ) -> Iterator[tuple[subprocess.Popen, str, float]]:
-    """Start `python <args> --offline --port <free>` from the repo root (app.py, or `-m spaces.<page>`), wait
+    """Start `python <args> [--offline] --port <free>` from the repo root (app.py, or `-m spaces.<page>`), wait
     until it serves its first page, and yield (process, url, seconds it took); stopped on leaving.
-    Raises RuntimeError with the process's output when it exits or does not serve within `timeout`."""
+    `env` entries set to None are removed from the environment; `log` takes the output (else a pipe, read only
+    when the process fails: keep such runs short). Raises RuntimeError with the process's output when it exits
+    or does not serve within `timeout`."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, *args, "--offline", "--port", str(port)], cwd=REPO_ROOT,
-                               env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    environment = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+    output = open(log, "ab") if log else subprocess.PIPE
+    process = subprocess.Popen([python or sys.executable, *args, *(["--offline"] if offline else []),
+                                "--port", str(port)], cwd=REPO_ROOT, env=environment, stdout=output,
+                               stderr=subprocess.STDOUT)
+
+    def tail() -> str:
+        text = Path(log).read_bytes() if log else process.stdout.read()
+        return text[-4000:].decode(errors="replace")
+
     try:
         while True:
             try:
@@ -120,7 +130,8 @@ def app_process(args: Sequence[str], env: dict[str, str] | None = None, timeout:
             except OSError:
                 if process.poll() is not None or time.perf_counter() - started > timeout:
                     process.kill()
-                    raise RuntimeError(f"{' '.join(args)} did not serve {url}:\n{process.stdout.read()[-3000:]}")
+                    process.wait()
+                    raise RuntimeError(f"{' '.join(args)} did not serve {url}:\n{tail()}")
                 time.sleep(0.05)
         yield process, url, time.perf_counter() - started
     finally:
@@ -129,3 +140,5 @@ def app_process(args: Sequence[str], env: dict[str, str] | None = None, timeout:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+        if log:
+            output.close()

@@ -5,7 +5,8 @@ plots and tables, the launch options.
   visitors cannot each load a large model at once: `**HEAVY`. Light events (tokenizing, plotting,
   listing) run beside them, unblocked: `**LIGHT`.
 - Page logic raises ValueError (or ModelLoadError / AssetUnavailable) with a message for the visitor;
-  `@visitor_errors` turns those into `gr.Error`, and anything unexpected into a short gr.Error while
+  `@visitor_errors` turns those into `gr.Error`, a hub failure raised anywhere into its one line
+  (shared/hub.py `hub_error_message`), and anything unexpected into a short gr.Error while
   the full trace goes to the server log. The app stays up either way.
 - Logic reports progress as `progress(fraction, text)` (shared/jobs.py); `gradio_progress` adapts a
   `gr.Progress` to that shape.
@@ -49,6 +50,15 @@ class PageInfo:
 
 
 def to_gradio_error(error: Exception) -> gr.Error:
+    """The visitor's one line: the message of a visitor error, a hub failure in words (shared/hub.py: gated,
+    missing, custom code, the hub stopped answering...), else a short note while the trace goes to the log."""
+    from shared.hub import hub_error_message
+
+    if isinstance(error, (ModelLoadError, AssetUnavailable)):
+        return gr.Error(str(error))
+    if message := hub_error_message(error):
+        log.info("hub failure shown to the visitor: %s (%s)", message, type(error).__name__)
+        return gr.Error(message)
     if isinstance(error, VISITOR_ERRORS):
         return gr.Error(str(error))
     log.exception("unexpected error in an event handler")

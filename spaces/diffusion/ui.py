@@ -176,8 +176,10 @@ def generate_images(model, prompt, negative_prompt, steps, guidance, seed, width
         history.add(generation)
         images = [(str(path), f"seed {generation.settings.seed + i}") for i, path in enumerate(generation.paths)]
         total = max(len(generation.steps), 1)
+        # Gradio refuses a slider whose minimum equals its maximum: a 1-step run (sd-turbo's own setting) keeps
+        # the range 1-2 and a slider that cannot move, as the page starts.
         yield (images, generation.summary(), generation, generation.settings.seed,
-               gr.Slider(minimum=1, maximum=total, value=total, interactive=bool(generation.steps)),
+               gr.Slider(minimum=1, maximum=max(total, 2), value=total, interactive=len(generation.steps) > 1),
                [str(p) for p in generation.paths] or None, history, history.gallery(), replay_plot(generation))
 
 

@@ -29,7 +29,8 @@ def cache_panel():
 
 
 @visitor_errors
-def load_model(role: str, choice: str):
+def load_model(role: str, choice: str, progress=gr.Progress(track_tqdm=True)):
+    """Load a role's model; a first download from the hub shows its files' progress bars (huggingface_hub's)."""
     return logic.load_model(role, choice), *cache_panel()
 
 

@@ -23,6 +23,7 @@ Amazon and NYT sets as out-of-domain checks; calibration sentences come from its
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -343,10 +344,15 @@ def torch_variant(name: str, location: str, params: Params, device: str, progres
     if name == "torchao-int8-dynamic" and device == "cpu":
         notes.append("torchao's int8 matmuls run eagerly on the CPU (no fused kernel without torch.compile)")
 
+    # Only what the model's forward takes: a hub DistilBERT often ships a BERT tokenizer, whose token_type_ids
+    # DistilBertForSequenceClassification refuses (the ONNX variants likewise feed only the graph's inputs).
+    signature = inspect.signature(model.forward).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values())
+
     def encode(texts: list[str]):
         encoded = tokenizer(texts, padding=True, truncation=True, max_length=params.max_length,
                             return_tensors="pt")
-        return {k: v.to(device) for k, v in encoded.items()}
+        return {k: v.to(device) for k, v in encoded.items() if takes_any or k in signature}
 
     def predict(inputs) -> np.ndarray:
         with torch.inference_mode():
