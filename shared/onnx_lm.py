@@ -30,7 +30,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from shared.store import write_folder
 
 BUILDER_VERSION = 1  # bump when the graph changes: stored builds with another version are rebuilt
 WEIGHT_FORMATS = ("fp32", "int8", "int4")
@@ -295,18 +296,7 @@ def stored_build(source: str | os.PathLike, weights: str, load_model: Callable[[
     with _build_lock:
         if (target / INFO_FILE).is_file():
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
-            (build or build_decoder)(load_model(), scratch, weights)
-            if (target / INFO_FILE).is_file():  # another process finished first
-                shutil.rmtree(scratch)
-            else:
-                shutil.rmtree(target, ignore_errors=True)
-                scratch.rename(target)
-        except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise
+        write_folder(target, lambda scratch: (build or build_decoder)(load_model(), scratch, weights), INFO_FILE)
         for old in target.parent.glob(f"{target.name.rsplit('-', 1)[0]}-*"):  # builds of older weights
             if old != target and old.is_dir() and (old / INFO_FILE).is_file():
                 shutil.rmtree(old, ignore_errors=True)

@@ -27,7 +27,6 @@ import inspect
 import io
 import json
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from shared.jobs import Progress
+from shared.store import write_folder
 from spaces.quantization.common import Stopped, Unavailable, Variant, check_stop, format_note, latency, report
 
 FAMILY = "classifier"
@@ -238,23 +238,16 @@ def classifier_location(location: str, progress: Progress | None = None) -> tupl
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         report(progress, 0.02, "adding a seeded 2-label head")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
+
+        def write(scratch: Path) -> None:
             torch.manual_seed(0)
             labels = {0: "negative", 1: "positive"}
             model = AutoModelForSequenceClassification.from_pretrained(
                 location, num_labels=2, id2label=labels, label2id={v: k for k, v in labels.items()})
             model.save_pretrained(scratch, safe_serialization=True)
             AutoTokenizer.from_pretrained(location).save_pretrained(scratch)
-            if (target / "config.json").is_file():  # another process finished first
-                shutil.rmtree(scratch)
-            else:
-                shutil.rmtree(target, ignore_errors=True)
-                scratch.rename(target)
-        except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise
+
+        write_folder(target, write, "config.json")
     return str(target), SEEDED_HEAD_NOTE
 
 

@@ -21,8 +21,6 @@ import dataclasses
 import fcntl
 import hashlib
 import json
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +28,7 @@ from pathlib import Path
 
 from shared.jobs import Progress
 from shared.registry import MANIFEST, ModelSource
+from shared.store import write_folder
 from spaces.finetune.train import PAGE_DEFAULTS, TrainConfig
 from spaces.quantization.common import Stopped, check_stop, report
 
@@ -207,19 +206,15 @@ def student_folder(teacher_location: str, progress: Progress | None = None, stop
         if results["stopped"]:
             raise Stopped("stopped")
         # 3. Write it into a temporary folder beside the builds, then rename: never half a student.
-        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
+        def write(scratch: Path) -> None:
             save_classifier(results, scratch)
             info = {"teacher": str(teacher_folder), "student_layers": config.student_layers,
                     "test_accuracy": results["test_accuracy"], "train_seconds": results["train_seconds"],
                     "steps": results["steps"], "best_step": results["best_step"],
                     "best_validation_accuracy": results["best_validation_accuracy"], "config": results["config"]}
             (scratch / STUDENT_INFO).write_text(json.dumps(info, indent=1))
-            shutil.rmtree(target, ignore_errors=True)  # a folder without STUDENT_INFO: left by a crash
-            scratch.rename(target)
-        except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise
+
+        write_folder(target, write, STUDENT_INFO)  # a folder without STUDENT_INFO (left by a crash) is replaced
     report(progress, 1.0, f"distilled student: trained in {results['train_seconds']:.0f} s, stored")
     return target
 
