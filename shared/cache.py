@@ -104,8 +104,10 @@ def short_reason(error: BaseException, repo_id: str | None = None) -> str:
     """One line on why a load failed: a hub failure in words (shared/hub.py), else the error's first line."""
     from shared.hub import hub_error_message
 
-    if message := hub_error_message(error, repo_id):
-        return message
+    return hub_error_message(error, repo_id) or first_line(error)
+
+
+def first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0][:300]}" if text else type(error).__name__
 
@@ -180,7 +182,7 @@ class ModelCache:
             from shared.hub import hub_error_message
 
             message = hub_error_message(error, hub_repo_id(spec))
-            raise ModelLoadError(message or f"Could not load {spec.name} ({spec.kind}): {short_reason(error)}"
+            raise ModelLoadError(message or f"Could not load {spec.name} ({spec.kind}): {first_line(error)}"
                                  ) from error
         seconds = time.perf_counter() - started
         if isinstance(getattr(value, "dtype", None), str):  # a model that says what it holds (an int8 ONNX build)

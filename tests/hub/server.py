@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from shared.launch import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = Path(__file__).with_name("olah_launch.py")
@@ -25,12 +26,6 @@ OLAH_PYTHON = Path(os.environ.get("PLAYGROUND_OLAH_PYTHON", REPO_ROOT / ".venv-o
 
 class HubServerError(RuntimeError):
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class HubServer:
@@ -75,7 +70,8 @@ class HubServer:
             if self.process.poll() is not None:
                 raise HubServerError(f"olah exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(f"{self.endpoint}/api/models/{_any_repo(self.mirrors)}/revision/main", timeout=2):
+                ready = f"{self.endpoint}/api/models/{_any_repo(self.mirrors)}/revision/main"
+                with urllib.request.urlopen(ready, timeout=2):
                     return self
             except (urllib.error.URLError, OSError):
                 time.sleep(0.3)
