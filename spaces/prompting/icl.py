@@ -93,6 +93,7 @@ class IclCell:
     confusion: list[list[int]] = field(default_factory=lambda: [[0, 0], [0, 0]])  # [true][predicted]
     calibrated_predicted: list[int] = field(default_factory=lambda: [0, 0])  # count per label, after calibration
     label_probability_sum: list[float] = field(default_factory=lambda: [0.0, 0.0])  # over the two label words
+    calibrated_probability_sum: list[float] = field(default_factory=lambda: [0.0, 0.0])  # the same, calibrated
     word_probability_sum: list[float] = field(default_factory=lambda: [0.0, 0.0])  # over the whole vocabulary
     prior: list[float] = field(default_factory=lambda: [0.5, 0.5])  # the content-free inputs' mean, per label
 
@@ -165,12 +166,16 @@ class IclRun:
                 n = sum(c.n for c in cells)
                 low, high = wilson_interval(correct, n)
                 positive = sum(c.calibrated_predicted[1] if calibrated else c.predicted[1] for c in cells)
+                # A calibrated row's label probabilities are the calibrated ones (what its predictions come from);
+                # the label words' share of the vocabulary is the model's own, the same before and after.
+                probability = sum((c.calibrated_probability_sum if calibrated else c.label_probability_sum)[1]
+                                  for c in cells)
                 rows.append({
                     "setting": self.setting_name(fmt, calibrated), "format": fmt, "calibrated": calibrated,
                     "shots": shots, "seeds": len(cells), "N": n, "accuracy": float(np.mean(accuracies)),
                     "spread low": float(min(accuracies)), "spread high": float(max(accuracies)),
                     "CI low": low, "CI high": high, "predicted positive": positive / n,
-                    f"P({self.label_words[1]})": sum(c.label_probability_sum[1] for c in cells) / n,
+                    f"P({self.label_words[1]})": probability / n,
                     "label words' share of the vocabulary": sum(sum(c.word_probability_sum) for c in cells) / n,
                 })
         return rows
@@ -482,7 +487,8 @@ def evaluate_icl(chat: ChatModel, data: IclData, settings: IclSettings, progress
                         return cells, examples, True
                     logits = scorer.logits(ids)
                     predicted, probs = score_labels(logits, label_ids)
-                    calibrated = int(np.argmax(calibrate(probs, np.asarray(cell.prior))))
+                    calibrated_probs = calibrate(probs, np.asarray(cell.prior))
+                    calibrated = int(np.argmax(calibrated_probs))
                     vocabulary = softmax(logits)[label_ids]
                     if predictions is not None:
                         predictions.append((fmt, seed, k, index, predicted, calibrated))
@@ -493,6 +499,7 @@ def evaluate_icl(chat: ChatModel, data: IclData, settings: IclSettings, progress
                     cell.calibrated_predicted[calibrated] += 1
                     for label in (0, 1):
                         cell.label_probability_sum[label] += float(probs[label])
+                        cell.calibrated_probability_sum[label] += float(calibrated_probs[label])
                         cell.word_probability_sum[label] += float(vocabulary[label])
                     done += 1
                     progress(done / total, f"{fmt}, seed {seed}, {k}-shot: {cell.n}/{len(tests)}")

@@ -234,10 +234,12 @@ def bias_rows(run: icl.IclRun, rows: list[dict]) -> list[list]:
     for cell in run.cells:
         if cell.n:
             priors.setdefault((cell.format, cell.shots), []).append(cell.prior[1])
+    # A calibrated row shows its own predictions and calibrated probabilities; the vocabulary share and the
+    # content-free prior belong to the model before calibration, so they are shown on the uncalibrated row only.
     return [[row["setting"], row["shots"], round(row["predicted positive"], 3), round(row[f"P({positive})"], 3),
-             round(row["label words' share of the vocabulary"], 3),
-             round(float(sum(priors[(row["format"], row["shots"])]) / len(priors[(row["format"], row["shots"])])), 3)
-             if not row["calibrated"] else ""]
+             "" if row["calibrated"] else round(row["label words' share of the vocabulary"], 3),
+             "" if row["calibrated"] else
+             round(float(sum(priors[(row["format"], row["shots"])]) / len(priors[(row["format"], row["shots"])])), 3)]
             for row in rows]
 
 
