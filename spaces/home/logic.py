@@ -51,7 +51,10 @@ def loadable_roles() -> list[str]:
 
 
 def loaded_rows() -> list[list[object]]:
-    return [[entry[c] for c in LOADED_COLUMNS] for entry in get_cache().entries()]
+    """One row per cache entry. An entry whose memory is not measured (a tokenizer holds no tensors: the cache
+    reads 0 bytes and dtype "-") shows "-" for MiB too, not a 0 it never measured."""
+    return [[entry[c] if c != "MiB" or entry["dtype"] != "-" else "-" for c in LOADED_COLUMNS]
+            for entry in get_cache().entries()]
 
 
 def loaded_names() -> list[str]:

@@ -41,3 +41,16 @@ def test_only_roles_with_a_loader_kind_are_offered_for_loading(monkeypatch):
     assert "video" not in logic.loadable_roles()
     with pytest.raises(ValueError, match="The video role cannot be loaded yet: no page has added a 'video-pipeline'"):
         logic.load_model("video", "")
+
+
+def test_a_tokenizer_shows_no_memory_figure_it_never_measured():
+    """A tokenizer holds no tensors, so the cache reads 0 bytes for it: its row says "-" (as its dtype does),
+    not "0.0 MiB". Seen to fail before issue 22: the row showed 0.0, as if a tokenizer took no memory."""
+    from shared.cache import LoadSpec
+    from shared.registry import resolve
+
+    source = resolve("encoder")
+    get_cache().get(LoadSpec("tokenizer", source.location, label=source.label))
+    rows = [dict(zip(logic.LOADED_COLUMNS, row)) for row in logic.loaded_rows()]
+    (row,) = [r for r in rows if r["model"] == source.label and r["kind"] == "tokenizer"]
+    assert row["dtype"] == "-" and row["MiB"] == "-"
