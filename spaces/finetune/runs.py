@@ -38,6 +38,7 @@ class Run:
     step: int = 0
     total_steps: int = 0
     eta: float = 0.0
+    elapsed: float = 0.0  # seconds of the training loop at the last step (what "wall s" shows while it runs)
     steps: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     eval_steps: list[int] = field(default_factory=list)
@@ -78,6 +79,7 @@ class Run:
             self.trainable, self.total = event["trainable"], event["total"]
         elif kind == "step":
             self.step, self.total_steps, self.eta = event["step"], event["total_steps"], event["eta"]
+            self.elapsed = event["elapsed"]
             self.steps.append(event["step"])
             self.losses.append(event["loss"])
         elif kind == "eval":
@@ -91,7 +93,9 @@ class Run:
         return {
             "run": self.id, "method": self.config.method, "status": self.status,
             "trainable params": self.trainable, "trainable %": round(100 * self.trainable / self.total, 2) if self.total else 0,
-            "wall s": round(results.get("train_seconds", time.time() - self.started), 1),
+            # The training loop's seconds, one meaning throughout: at the last step while it runs (loading the
+            # model and data is not counted), the whole loop with its validations once it ended.
+            "wall s": round(results["train_seconds"] if results else self.elapsed, 1),
             "steps": self.step, "samples/s": round(results["samples_per_second"], 1) if results else None,
             "best val acc": round(max(self.accuracies), 4) if self.accuracies else None,
             **{f"test {k}": round(v, 4) for k, v in self.test_accuracy.items()},

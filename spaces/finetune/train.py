@@ -395,16 +395,20 @@ def train(config: TrainConfig, dataset: logic.Dataset | None = None, location: s
     history = {"step": [], "loss": [], "eval_step": [], "validation_accuracy": [], "validation_loss": []}
     best = {"accuracy": -1.0, "step": 0, "state": None}
     started = time.perf_counter()
-    step, stopped = 0, False
+    step, stopped, samples = 0, False, 0  # samples: sentences trained on, over every process
     model.train()
 
+    validation = {"seconds": 0.0}  # time spent validating (and keeping the best weights): not training
+
     def validate() -> None:
+        validation_started = time.perf_counter()
         accuracy, loss = evaluate(model, validation_loader, accelerator, config.bf16)
         history["eval_step"].append(step)
         history["validation_accuracy"].append(accuracy)
         history["validation_loss"].append(loss)
         if accuracy > best["accuracy"]:
             best.update(accuracy=accuracy, step=step, state=trainable_state(accelerator.unwrap_model(model)))
+        validation["seconds"] += time.perf_counter() - validation_started
         emit({"type": "eval", "step": step, "accuracy": accuracy, "loss": loss, "best": best["accuracy"]})
 
     while step < total_steps and not stopped:
@@ -426,7 +430,12 @@ def train(config: TrainConfig, dataset: logic.Dataset | None = None, location: s
             scheduler.step()
             optimizer.zero_grad()
             step += 1
-            mean_loss = accelerator.gather(loss.detach().float().reshape(1)).mean().item()
+            # One gather for both: each process's loss and how many sentences it trained on (a window's last
+            # batch is smaller than batch_size, so samples/s counts the sentences, not steps x batch size).
+            per_process = accelerator.gather(torch.stack([loss.detach().float(), loss.new_tensor(
+                float(batch["labels"].numel()))]).reshape(1, 2))
+            mean_loss = per_process[:, 0].mean().item()
+            samples += int(per_process[:, 1].sum().item())
             history["step"].append(step)
             history["loss"].append(mean_loss)
             elapsed = time.perf_counter() - started
@@ -438,7 +447,9 @@ def train(config: TrainConfig, dataset: logic.Dataset | None = None, location: s
                 break
     if not history["eval_step"] or history["eval_step"][-1] != step:
         validate()  # a stopped run still gets its last state judged
-    train_seconds = time.perf_counter() - started
+    train_seconds = time.perf_counter() - started  # the wall time of the loop, validations included
+    # Training throughput counts the time spent training only: validations are not samples trained on.
+    training_only = max(train_seconds - validation["seconds"], 1e-9)
 
     # 5. Restore the best weights, test them in every domain, save.
     unwrapped = accelerator.unwrap_model(model)
@@ -453,7 +464,8 @@ def train(config: TrainConfig, dataset: logic.Dataset | None = None, location: s
         "config": {**asdict(config), "label_names": list(config.label_names)},
         "data": dataset.description, "trainable_parameters": trainable, "total_parameters": total,
         "steps": step, "total_steps": total_steps, "stopped": stopped, "train_seconds": train_seconds,
-        "samples_per_second": step * config.batch_size * accelerator.num_processes / max(train_seconds, 1e-9),
+        "validation_seconds": validation["seconds"],
+        "samples": samples, "samples_per_second": samples / training_only,
         "best_step": best["step"], "best_validation_accuracy": best["accuracy"], "test_accuracy": test_accuracy,
         "history": history, "processes": accelerator.num_processes,
     }

@@ -129,6 +129,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["processes"] == 2 and results["steps"] == 3
+    assert results["samples"] == 3 * 8 * 2  # samples/s counts both processes' sentences (full batches here)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
 
 
