@@ -289,7 +289,8 @@ def build() -> gr.Blocks:
                     tokenize_button = gr.Button("Tokenize", variant="primary")
             token_notes = gr.Markdown()
             token_view = gr.HTML(elem_id="inside-tokens")
-            words = table(["word"], "Tokens per word, per tokenizer (the last row: the mean)")
+            words = table(["word"], "Tokens per word, per tokenizer (the last row: all the text's tokens over its "
+                                    "words; a token of spaces or newlines alone is in no word's row)")
             ids = table(list(tokens.IDS_HEADERS), "The first tokenizer's tokens and ids")
 
         with gr.Tab("Embeddings and positions"):
