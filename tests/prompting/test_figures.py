@@ -207,3 +207,21 @@ def test_prompts_per_second_shows_a_planted_delay_per_prompt(tokenizer, monkeypa
     assert 0 < slow.prompts_per_second <= 20.0
     assert fast.prompts_per_second > 3 * slow.prompts_per_second
     assert f"{slow.prompts_per_second:.1f} prompts/s" in slow.describe()
+
+
+# ---- the prompt's token count: a text of known tokens ---------------------------------------------------------
+
+def test_the_prompt_summary_counts_a_planted_number_of_tokens(tokenizer):
+    """" hello" is one SmolLM2 token: ten more of them in the query make the prompt exactly ten tokens longer, and
+    the summary must say so, with the budget the new tokens leave. Seen to fail with the summary counting the
+    prompt's characters, or its words."""
+    from spaces.prompting import prompts
+
+    assert tokenizer(" hello" * 10, add_special_tokens=False)["input_ids"] == [33662] * 10
+    examples = [["a good film", "positive"]]
+    short = prompts.build_prompt(tokenizer, "Classify.", examples, 1, "hello", 8192, max_new_tokens=64)
+    longer = prompts.build_prompt(tokenizer, "Classify.", examples, 1, "hello" + " hello" * 10, 8192,
+                                  max_new_tokens=64)
+    assert len(longer.ids) == len(short.ids) + 10
+    assert longer.summary.startswith(f"{len(short.ids) + 10} prompt tokens of a 8192-token context (8128 left for "
+                                     "the prompt after the new tokens); 1 example(s)")
