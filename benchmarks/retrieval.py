@@ -142,13 +142,23 @@ def reopen_calls(folder: Path) -> int:
     return len(calls) - first
 
 
-def small_clip(seconds: float | None) -> dict:
-    from spaces.retrieval.train import PAGE_DEFAULTS, train
+def small_clip(seconds: float | None, quick: bool = False) -> dict:
+    """Train the page's preset (the full one, or the quick one a newcomer starts with), with the seconds from the
+    call to a trained, tested model, and then to a first search of 2,000 Fashion-MNIST test images with it."""
+    from shared.clip import normalise
+    from shared.clip import DualEncoder
+    from spaces.retrieval.train import PAGE_DEFAULTS, QUICK_DEFAULTS, embed_grey_images, load_fashion_mnist, train
 
-    config = dataclasses.replace(PAGE_DEFAULTS, max_seconds=seconds or PAGE_DEFAULTS.max_seconds)
+    preset = QUICK_DEFAULTS if quick else PAGE_DEFAULTS
+    config = dataclasses.replace(preset, max_seconds=seconds or preset.max_seconds)
     started = time.perf_counter()
     results = train(config)
     results["wall_seconds"] = time.perf_counter() - started
+    encoder = DualEncoder(results["model"], results["processor"])
+    vectors = embed_grey_images(encoder.model, encoder.processor, load_fashion_mnist()["test_images"][:2000])
+    scores = normalise(encoder.embed_texts(["a pair of trousers"])) @ vectors.T
+    results["first_search_seconds"] = time.perf_counter() - started
+    results["first_search_top"] = int(scores.argmax())
     return results
 
 
@@ -166,6 +176,7 @@ def main() -> int:
             throughput = image_tower_throughput(Path(folder))
             latency = query_latency(sizes)
             calls = reopen_calls(Path(folder))
+        quick = None if args.skip_training else small_clip(None, quick=True)
         trained = None if args.skip_training else small_clip(args.train_seconds)
     except Exception as error:  # could not measure
         print(f"benchmark failed: {type(error).__name__}: {error}", file=sys.stderr)
@@ -196,11 +207,24 @@ def main() -> int:
         test, seconds = trained["test"], trained["train_seconds"]
         print(f"\nsmall CLIP: {trained['steps']} steps in {seconds:.0f} s of training ({trained['wall_seconds']:.0f} s "
               f"with loading and testing); test: " + ", ".join(f"{k} {v:.3f}" for k, v in test.items()))
-        print(result_line("small_clip_zero_shot_templates", test["zero_shot_templates"], ">= 0.80",
-                          test["zero_shot_templates"] >= 0.80))
+        print(f"content words of the test wordings that occur in training captions: "
+              f"{trained['test_word_overlap']:.1%}")
+        print(result_line("small_clip_zero_shot_templates", test["zero_shot_templates"], ">= 0.85",
+                          test["zero_shot_templates"] >= 0.85))
         print(result_line("small_clip_zero_shot_paraphrases", test["zero_shot_paraphrases"], ">= 0.60",
                           test["zero_shot_paraphrases"] >= 0.60))
+        print(result_line("clip_unseen_zero_shot", test["zero_shot_unseen"], ">= 0.75",
+                          test["zero_shot_unseen"] >= 0.75))
+        print(result_line("clip_unseen_t2i_p_at_1", test["unseen_text_to_image@1"], ">= 0.60",
+                          test["unseen_text_to_image@1"] >= 0.60))
         print(result_line("small_clip_training_seconds", seconds, "<= 300 s", seconds <= 300, unit=" s"))
+    if quick is not None:
+        test = quick["test"]
+        print(f"\nquick small CLIP: {quick['steps']} steps in {quick['train_seconds']:.0f} s; test: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in test.items()))
+        print(result_line("fresh_start_seconds_to_first_search", quick["first_search_seconds"], "< 60 s",
+                          quick["first_search_seconds"] < 60, unit=" s"))
+        print(result_line("quick_clip_unseen_zero_shot", test["zero_shot_unseen"], "information", True))
     return 0
 
 

@@ -67,7 +67,7 @@ class DualEncoder:
                                           return_tensors="pt")
         device = self.model.device
         with torch.inference_mode():
-            features = self.model.get_text_features(**{k: v.to(device) for k, v in tokens.items()})
+            features = text_features(self.model, {k: v.to(device) for k, v in tokens.items()})
         return normalise(features.float().cpu().numpy())
 
     def embed_images(self, images: list) -> np.ndarray:
@@ -83,6 +83,37 @@ class DualEncoder:
         with torch.inference_mode():
             features = self.model.get_image_features(pixel_values=pixels.to(self.model.device, self.model.dtype))
         return normalise(features.float().cpu().numpy())
+
+
+TEXT_POOLINGS = ("pooler", "mean")  # what a dual encoder's text tower hands its projection
+
+
+def text_pooling(model: Any) -> str:
+    """How `model` pools its text tower: "mean" (the small CLIP, whose text side is MiniLM's own sentence
+    embedding, as sentence-transformers computes it) or "pooler" (every hub CLIP: the class's own
+    `get_text_features`). Saved in the model's config.json as `text_pooling`."""
+    pooling = getattr(model.config, "text_pooling", "pooler")
+    if pooling not in TEXT_POOLINGS:
+        raise ValueError(f"text_pooling must be one of {TEXT_POOLINGS}, got {pooling!r}")
+    return pooling
+
+
+def pooled_text(model: Any, tokens: dict) -> Any:
+    """The text tower's output that the projection reads: the masked mean of the token states ("mean"), or the
+    tower's pooler output ("pooler")."""
+    output = model.text_model(**tokens)
+    if text_pooling(model) == "pooler":
+        return output.pooler_output
+    mask = tokens["attention_mask"].unsqueeze(-1).to(output.last_hidden_state.dtype)
+    return (output.last_hidden_state * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+def text_features(model: Any, tokens: dict) -> Any:
+    """Projected text features: `get_text_features` for hub CLIPs, the projection of the mean-pooled tower for
+    a dual encoder saved with text_pooling "mean" (VisionTextDualEncoderModel itself projects the pooler)."""
+    if text_pooling(model) == "pooler":
+        return model.get_text_features(**tokens)
+    return model.text_projection(pooled_text(model, tokens))
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:

@@ -120,12 +120,15 @@ def test_a_short_training_saves_a_clip_that_searches_here_and_after_a_restart(cl
         shutil.rmtree(models_dir() / name, ignore_errors=True)
 
 
-def test_evaluation_reports_templates_and_paraphrases_side_by_side(client, tiny_clip):
+def test_evaluation_reports_templates_paraphrases_and_unseen_wordings_side_by_side(client, tiny_clip):
     rows, note = client.predict(model=tiny_clip, test_images=50, api_name="/retrieval_evaluate")
+    assert rows["headers"][1:] == ["training captions", "paraphrases (development)", "unseen wordings (frozen test)"]
     table = {row[0]: row[1:] for row in rows["data"]}
-    templates, paraphrases = table["zero-shot accuracy, ensembled wordings"]
-    assert 0 <= templates <= 1 and 0 <= paraphrases <= 1
-    assert table["text → image recall@10"][0] >= table["text → image recall@1"][0]
+    templates, paraphrases, unseen = table["zero-shot accuracy, ensembled wordings"]
+    assert all(0 <= figure <= 1 for figure in (templates, paraphrases, unseen))
+    recall_1 = table["text → image recall@1 (precision of the first image)"]
+    assert all(a >= b for a, b in zip(table["text → image recall@10"], recall_1))
+    assert table["zero-shot accuracy, one wording at a time"][0] is None
     assert "50 Fashion-MNIST test images" in note
 
 

@@ -107,7 +107,8 @@ def test_paraphrases_are_never_training_captions():
 
 def test_parse_args_round_trip():
     """Every field reachable from the command line. Seen to fail with --eval-every-steps dropped from parse_args."""
-    config = tiny_config(soft_targets=False, train_text=True, output_dir="runs/x", save_as="mine", seed=3)
+    config = tiny_config(soft_targets=False, train_text=True, lock_text_projection=False, text_pooling="pooler",
+                         output_dir="runs/x", save_as="mine", seed=3)
     line = train.command_line(config)
     assert line.startswith("python -m spaces.retrieval.train")
     assert train.parse_args(line.split()[3:]) == config
@@ -139,9 +140,10 @@ def test_a_few_steps_lower_the_loss(tiny_run):
 
 
 def test_saved_folder_reproduces_training_text_embeddings(tiny_run):
-    """The folder loads through shared.clip, and its get_text_features gives the embeddings training used (the
-    text projection of the cached pooler outputs), and the run's test figures. Seen to fail with the cache
-    taken from mean pooling instead of pooler_output, and with a fresh text projection written at saving."""
+    """The folder loads through shared.clip, and its text features give the embeddings training used (the
+    locked projection of the cached mean-pooled outputs), and the run's test figures. Seen to fail with the cache
+    taken from pooler_output while the saved config says mean, and with a fresh text projection written at
+    saving."""
     import torch
 
     from shared.clip import grey_pixels, load_dual_encoder, normalise
@@ -152,7 +154,7 @@ def test_saved_folder_reproduces_training_text_embeddings(tiny_run):
     encoder = load_dual_encoder(folder, "cpu", torch.float32)
     texts = [text for text, _ in captions.training_captions()]
     tokens = dict(processor.tokenizer(texts, padding=True, return_tensors="pt"))
-    module = train.captioned_clip(model, tokens, train_text=False)  # training's cached text path
+    module = train.captioned_clip(model, tokens, train_text=False, lock_projection=True)  # training's cached path
     with torch.no_grad():
         trained = module.text_embeds(torch.arange(len(texts))).numpy()
     np.testing.assert_allclose(encoder.embed_texts(texts), trained, atol=2e-5)
@@ -204,9 +206,39 @@ def test_train_text_unfreezes_the_text_tower():
 
     from transformers import AutoModel
 
-    config = tiny_config(train_text=True, max_steps=2, eval_every_steps=2, test_size=20, batch_size=8)
+    config = tiny_config(train_text=True, lock_text_projection=False, max_steps=2, eval_every_steps=2, test_size=20,
+                         batch_size=8)
     original = AutoModel.from_pretrained(str(assets.ensure("all-minilm-l6-v2"))).encoder.layer[-1].output.dense.weight
     results = train.train(config)
     trained = results["model"].text_model.encoder.layer[-1].output.dense.weight
     assert results["trainable_parameters"] > 20_000_000
     assert not torch.equal(original, trained)
+
+
+def test_the_locked_text_side_is_minilms_own_sentence_embedding(tiny_run):
+    """LiT: the saved small CLIP embeds a text exactly as sentence-transformers' all-MiniLM-L6-v2 does (mean pooled,
+    unit length), so unseen wordings keep MiniLM's geometry, and no text weight trained. Seen to fail with
+    text_pooling "pooler" (BERT's CLS pooler) and with the identity projection left trainable."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from shared import assets
+    from shared.clip import load_dual_encoder
+
+    results, _, config = tiny_run
+    encoder = load_dual_encoder(f"{config.output_dir}/model", "cpu", torch.float32)
+    assert encoder.model.config.text_pooling == "mean"
+    texts = ["cargo pants for hiking", "a photo of a sneaker.", "something to wear"]
+    reference = SentenceTransformer(str(assets.ensure("all-minilm-l6-v2")), device="cpu").encode(
+        texts, normalize_embeddings=True)
+    np.testing.assert_allclose(encoder.embed_texts(texts), reference, atol=2e-5)
+    assert torch.equal(results["model"].text_projection.weight, torch.eye(384))
+
+
+def test_the_run_reports_the_three_figure_sets_and_the_word_overlap(tiny_run):
+    results, events, _ = tiny_run
+    test = next(event for event in events if event["type"] == "test")
+    for name in train.WORDING_SETS:
+        assert 0 <= test[f"zero_shot_{name}"] <= 1
+    assert {"unseen_text_to_image@1", "zero_shot_single_unseen", "paraphrases_text_to_image@1"} <= set(test)
+    assert 0 < results["test_word_overlap"] < 1
